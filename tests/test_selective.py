@@ -358,3 +358,18 @@ def test_real_registry_msp_agrees_with_max_probability():
     assert rc.aurc == pytest.approx(risk_coverage(y, logits=z, scores=z.max(axis=1)).aurc)
     with pytest.raises(FailsightInputError, match="logits"):
         risk_coverage(y, p, score="energy")
+
+
+def test_select_threshold_skips_hopeless_small_prefixes():
+    # 449 samples, errors only among the 12 least confident: the 411+ most confident are error-free.
+    # Plain SGR probes the middle first (225 samples: even zero errors bound at ~0.023 > 0.02) and then
+    # walks towards ever smaller prefixes; the label-independent pre-filter must avoid that.
+    n = 449
+    scores = np.linspace(1.0, 0.1, n)
+    y_true = np.zeros(n, dtype=int)
+    y_pred = np.zeros(n, dtype=int)
+    y_pred[-12:] = 1
+    sel = select_threshold(y_true, scores=scores, y_pred=y_pred, max_risk=0.02, confidence=0.95)
+    assert sel.risk_bound <= 0.02
+    assert sel.coverage > 0.8
+    assert sel.n_errors_accepted <= sel.n_accepted * 0.02

@@ -456,6 +456,13 @@ def select_threshold(
     ``ceil(log2 m)`` except when ``m`` is a power of two, where it counts the one extra evaluation this
     search needs so that the returned threshold is always one whose bound was checked.
 
+    Before the search, candidates that accept too few samples to meet ``max_risk`` *even with zero
+    errors* (``1 - (delta/k0)^(1/n_accepted) > max_risk`` with ``k0`` the step count for all ``m``
+    candidates) are dropped. That filter looks only at the scores, never at the labels, so the
+    guarantee is unchanged; it stops the binary search from probing a small, hopeless prefix first and
+    then walking the wrong way (plain SGR assumes the bound grows with coverage, which fails for small
+    prefixes where the bound is dominated by the sample count).
+
     Args:
         y_true: ``(n,)`` labels of calibration data the model was not trained on.
         y_prob: ``(n, k)`` probabilities (or see ``scores``/``logits``/``y_pred`` as in :func:`risk_coverage`).
@@ -474,8 +481,20 @@ def select_threshold(
     errors, conf, name = _prepare(y_true, y_prob, scores, score, logits, y_pred)
     n = errors.size
     thresholds, accepted, cum_err, _ = _groups(conf, errors)
-    m = thresholds.size
     delta = 1.0 - conf_level
+    # Label-independent pre-filter: keep candidates that could pass with zero errors at delta / k0.
+    k0 = max(1, math.ceil(math.log2(thresholds.size + 1)))
+    keep = accepted >= _min_samples_zero_errors(r_star, delta / k0)
+    if not keep.any():
+        need = _min_samples_zero_errors(r_star, delta / k0)
+        raise FailsightInputError(
+            f"no threshold meets max_risk={r_star:g} with confidence {conf_level:g} on these {n} samples: "
+            f"even with zero errors the bound 1 - delta'^(1/n) <= {r_star:g} (delta' = {delta / k0:.3g}) "
+            f"needs at least {need} accepted samples. Raise max_risk, lower confidence, or use a larger "
+            f"calibration set."
+        )
+    thresholds, accepted, cum_err = thresholds[keep], accepted[keep], cum_err[keep]
+    m = thresholds.size
     k = max(1, math.ceil(math.log2(m + 1)))
     delta_k = delta / k
 
