@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
 
 from failsight import __version__
@@ -11,7 +15,11 @@ app = typer.Typer(
     help="Find where, why and how a classifier fails - and fix what can be fixed.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
+
+#: Exit code for bad input (the message on stderr says what is wrong and how to fix it).
+EXIT_BAD_INPUT = 2
 
 
 def _version_callback(value: bool) -> None:
@@ -26,3 +34,138 @@ def main(
                                  help="Show the version and exit."),
 ) -> None:
     """failsight: reliability, robustness and debugging beyond the test set."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"failsight: error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _load_predictions(path: Path, what: str) -> tuple[Any, Any, bool]:
+    """Read ``labels`` and ``logits`` or ``probs`` from an ``.npz``; returns ``(labels, preds, is_logits)``."""
+    import zipfile
+
+    import numpy as np
+
+    from failsight._validate import FailsightInputError
+
+    if not path.is_file():
+        raise FailsightInputError(f"{what} file {path} does not exist; pass the path of an .npz file.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise FailsightInputError(
+            f"{what} file {path} is not a readable .npz ({exc}); save it with "
+            "numpy.savez(path, labels=..., logits=...) or probs=...."
+        ) from exc
+    found = ", ".join(sorted(arrays)) or "nothing"
+    has_logits, has_probs = "logits" in arrays, "probs" in arrays
+    if "labels" not in arrays or not (has_logits or has_probs):
+        raise FailsightInputError(
+            f"{what} file {path} must hold 'labels' and either 'logits' or 'probs' (found: {found}); "
+            "save it with numpy.savez(path, labels=y, logits=z)."
+        )
+    if has_logits and has_probs:
+        raise FailsightInputError(
+            f"{what} file {path} holds both 'logits' and 'probs'; keep one so it is clear which to use."
+        )
+    return arrays["labels"], arrays["logits" if has_logits else "probs"], has_logits
+
+
+@app.command(short_help="Train a small CNN on the bundled digits and write its failure report.")
+def demo(
+    out: Path = typer.Option(Path("failsight-demo"), "--out", "-o", help="Output folder for report.html and results.json."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data split, the training and the bootstrap."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
+    epochs: int = typer.Option(30, "--epochs", help="Training epochs of the small CNN.", hidden=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a small CNN on the bundled handwritten digits and write its failure report.
+
+    Runs on the CPU in well under a minute with data shipped with scikit-learn (no download), then
+    writes OUT/report.html (open it in a browser) and OUT/results.json.
+    """
+    from failsight._validate import FailsightInputError
+    from failsight.demo import run_demo
+
+    try:
+        res = run_demo(out, seed=seed, force=force, progress=not quiet and sys.stderr.isatty(), epochs=epochs)
+    except FailsightInputError as exc:
+        _fail(str(exc))
+        return
+    a = res.analysis
+    helped = a.best_calibrator not in (None, "uncalibrated")
+    typer.echo(f"test accuracy {a.accuracy:.2%}; ECE {a.metric('ece').value:.4f}"
+               + (f" -> {a.metric('ece', calibrated=True).value:.4f} after {a.best_calibrator}" if helped
+                  else " (no calibrator improved on it)"))
+    if a.threshold is not None:
+        typer.echo(f"answer when {a.score} >= {a.threshold.threshold:.4g}: coverage {a.threshold.coverage:.1%} "
+                   f"at risk <= {a.max_risk:g} (bound {a.threshold.risk_bound:.2%})")
+    typer.echo(f"done in {res.seconds:.0f} s. Report: {Path(res.report_path).resolve()}")
+
+
+@app.command(short_help="Reliability report from saved predictions (.npz of labels + logits/probs).")
+def reliability(
+    pred: Path = typer.Argument(..., help="Test predictions: .npz with 'labels' and 'logits' or 'probs'.",
+                                show_default=False, metavar="PRED.npz"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for report.html and results.json.",
+                             show_default=False),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", "-c", show_default=False,
+        help="Held-out calibration predictions (.npz, same keys): fits the calibrators and selects the threshold."),
+    max_risk: float = typer.Option(0.01, "--max-risk", help="Largest acceptable error rate on answered inputs."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Probability that the risk guarantee holds; "
+                                     "also the level of the intervals."),
+    n_bins: int = typer.Option(15, "--n-bins", help="Bins of the calibration metrics and diagrams."),
+    calibrators: str | None = typer.Option(
+        None, "--calibrators", show_default=False,
+        help="Comma-separated calibrators to compare (default: all): temperature, vector, matrix, dirichlet, "
+             "platt, isotonic, histogram, beta."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
+) -> None:
+    """Reliability report for saved predictions (.npz with labels and logits or probs).
+
+    Writes OUT/report.html and OUT/results.json: calibration metrics with intervals, reliability diagrams
+    before/after the best calibrator, confidence histograms, a risk-coverage curve and the confidence
+    threshold that meets --max-risk. With --calibration the calibrators are fitted and the threshold is
+    selected on that split and checked on PRED.
+
+    Example: failsight reliability test.npz --calibration cal.npz --max-risk 0.02 --out reliability-report
+    """
+    from failsight._validate import FailsightInputError
+    from failsight.reliability.analysis import analyze
+    from failsight.report.html import Report, check_writable, write_json
+    from failsight.report.sections import reliability_section
+
+    report_path, results_path = out / "report.html", out / "results.json"
+    try:
+        check_writable([report_path, results_path], force)
+        y, preds, is_logits = _load_predictions(pred, "predictions")
+        y_cal = cal = None
+        if calibration is not None:
+            y_cal, cal, cal_logits = _load_predictions(calibration, "calibration")
+            if cal_logits != is_logits:
+                raise FailsightInputError(
+                    f"{pred} holds {'logits' if is_logits else 'probs'} but {calibration} holds "
+                    f"{'logits' if cal_logits else 'probs'}; save both the same way."
+                )
+        names = None if calibrators is None else [c.strip() for c in calibrators.split(",") if c.strip()]
+        analysis = analyze(y, preds, y_cal=y_cal, cal=cal, is_logits=is_logits, max_risk=max_risk,
+                           confidence=confidence, n_bins=n_bins, n_boot=n_boot, calibrators=names,
+                           seed=seed)
+        report = Report(title="failsight reliability report", subtitle=f"Predictions from {pred.name}"
+                        + (f", calibration split from {calibration.name}" if calibration else ""),
+                        meta={"predictions": str(pred), "samples": analysis.n_test, "classes": analysis.n_classes})
+        report.add(reliability_section(analysis))
+        report.write(report_path, force=force)
+        write_json(results_path, {"failsight_version": __version__, "reliability": analysis}, force=force)
+    except FailsightInputError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"accuracy {analysis.accuracy:.2%}, ECE {analysis.metric('ece').value:.4f}")
+    if analysis.threshold is None:
+        typer.echo("no threshold meets the risk requirement (see the report).")
+    typer.echo(f"Report: {report_path.resolve()}")

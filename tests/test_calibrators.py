@@ -1,0 +1,499 @@
+"""Tests of the post-hoc calibrators in failsight.reliability.calibrators."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq, minimize_scalar
+from scipy.special import expit, logsumexp, softmax
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from failsight._validate import FailsightInputError
+from failsight.reliability.calibrators import (
+    CALIBRATORS,
+    BetaCalibration,
+    DirichletCalibration,
+    HistogramBinning,
+    IsotonicCalibration,
+    MatrixScaling,
+    PlattScaling,
+    TemperatureScaling,
+    Uncalibrated,
+    VectorScaling,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:independent is deprecated:DeprecationWarning")
+
+
+def overconfident(n: int, k: int, factor: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``factor * z0`` where ``z0`` is calibrated (labels are drawn from softmax(z0))."""
+    rng = np.random.default_rng(seed)
+    z0 = rng.normal(size=(n, k)) * 1.5
+    z0[np.arange(n), rng.integers(0, k, n)] += 2.5
+    y = np.argmax(z0 + rng.gumbel(size=(n, k)), axis=1)
+    return factor * z0, y
+
+
+def binary_scores(n: int, seed: int = 0, a: float = 0.6, c: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Binary probabilities ``sigmoid(s)`` whose true P(y=1) is ``sigmoid(a s + c)``."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=n) * 2.0
+    y = (rng.random(n) < expit(a * s + c)).astype(np.int64)
+    return expit(s), y
+
+
+def mean_nll(q: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(q[np.arange(len(y)), y], 1e-300, None))))
+
+
+def nll_of_beta(z: np.ndarray, y: np.ndarray, beta: float) -> float:
+    return float(np.mean(logsumexp(beta * z, axis=1) - beta * z[np.arange(len(y)), y]))
+
+
+@pytest.fixture(scope="module")
+def multi() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    z, y = overconfident(3000, 5, seed=1)
+    return z[:1500], y[:1500], z[1500:], y[1500:]
+
+
+# --------------------------------------------------------------------------------------------------
+# temperature scaling
+
+
+def test_temperature_reaches_nll_optimum_scipy():
+    z, y = overconfident(4000, 20, factor=1.7, seed=3)
+    ts = TemperatureScaling().fit(z, y)
+    ref = minimize_scalar(lambda t: nll_of_beta(z, y, 1.0 / t), bounds=(0.5, 5.0), method="bounded",
+                          options={"xatol": 1e-10})
+    assert ts.temperature_ == pytest.approx(ref.x, rel=1e-6)
+    # tighter: the root of the analytic derivative, found by brentq in float64
+    zc = z - z.max(axis=1, keepdims=True)
+
+    def grad(beta: float) -> float:
+        p = softmax(beta * zc, axis=1)
+        return float(np.mean((p * zc).sum(axis=1) - zc[np.arange(len(y)), y]))
+
+    beta_star = brentq(grad, 0.05, 5.0, xtol=1e-15, rtol=1e-14)
+    assert ts.temperature_ == pytest.approx(1.0 / beta_star, rel=1e-9)
+    assert ts.temperature_ > 1.3  # over-confident logits: T > 1, stored as T (not 1/T)
+
+
+def test_temperature_large_and_small_scales():
+    for factor in (0.3, 8.0):
+        z, y = overconfident(3000, 30, factor=factor, seed=4)
+        ts = TemperatureScaling().fit(z, y)
+        zc = z - z.max(axis=1, keepdims=True)
+        beta_star = brentq(lambda b, zc=zc, y=y: float(np.mean(
+            (softmax(b * zc, axis=1) * zc).sum(axis=1) - zc[np.arange(len(y)), y])), 1e-3, 50.0, xtol=1e-14)
+        assert ts.temperature_ == pytest.approx(1.0 / beta_star, rel=1e-8)
+
+
+def test_temperature_matches_sklearn_and_netcal():
+    netcal_scaling = pytest.importorskip("netcal.scaling")
+    pytest.importorskip("sklearn.frozen")  # scikit-learn >= 1.6; method="temperature" needs >= 1.8
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    class Logits(ClassifierMixin, BaseEstimator):  # a fitted "classifier" whose decision function is X
+        def fit(self, X, y):
+            self.classes_ = np.arange(X.shape[1])
+            return self
+
+        def decision_function(self, X):
+            return X
+
+        def predict(self, X):
+            return X.argmax(axis=1)
+
+    z, y = overconfident(2000, 5, factor=2.0, seed=5)
+    ours = TemperatureScaling().fit(z, y).temperature_
+    try:
+        sk = CalibratedClassifierCV(FrozenEstimator(Logits().fit(z, y)), method="temperature").fit(z, y)
+    except ValueError:  # pragma: no cover - scikit-learn < 1.8 has no method="temperature"
+        pytest.skip("scikit-learn without temperature scaling")
+    assert ours == pytest.approx(1.0 / float(sk.calibrated_classifiers_[0].calibrators[0].beta_), rel=1e-6)
+    # netcal takes probabilities and stores the weight 1/T
+    p = softmax(z, axis=1)
+    nc = netcal_scaling.TemperatureScaling()
+    nc.fit(p, y)
+    ours_p = TemperatureScaling().fit(p, y)
+    assert ours_p.input_kind_ == "probs"
+    assert ours_p.temperature_ == pytest.approx(ours, rel=1e-9)  # log p differs from z by a row constant
+    assert ours_p.temperature_ == pytest.approx(1.0 / float(np.ravel(nc.weights)[0]), rel=1e-5)
+
+
+def test_temperature_float32_binary_and_argmax():
+    z, y = overconfident(2000, 8, seed=6)
+    t64 = TemperatureScaling().fit(z, y).temperature_
+    t32 = TemperatureScaling().fit(z.astype(np.float32), y).temperature_
+    assert t32 == pytest.approx(t64, rel=1e-5)  # only the float32 rounding of the logits differs
+    ts = TemperatureScaling().fit(z, y)
+    q = ts.predict_proba(z)
+    np.testing.assert_array_equal(q.argmax(axis=1), z.argmax(axis=1))
+    np.testing.assert_allclose(q, softmax(z / ts.temperature_, axis=1), rtol=1e-12)
+    # binary: 1-D logit of class 1 == two columns [0, z]
+    s = z[:, 1] - z[:, 0]
+    yb = (y == 1).astype(int)
+    t1 = TemperatureScaling(input="logits").fit(s, yb).temperature_
+    t2 = TemperatureScaling().fit(np.stack([np.zeros_like(s), s], axis=1), yb).temperature_
+    assert t1 == pytest.approx(t2, rel=1e-12)
+
+
+def test_temperature_degenerate_cases():
+    z = np.random.default_rng(0).normal(size=(300, 4))
+    # labels anti-correlated with the logits: the NLL optimum is T -> infinity (uniform output)
+    with pytest.warns(RuntimeWarning, match="bound"):
+        ts = TemperatureScaling().fit(z, z.argmin(axis=1))
+    assert ts.temperature_ == pytest.approx(1e6, rel=1e-3)
+    # perfectly separated labels: the NLL keeps falling as T -> 0; the fit stops once it is flat
+    z2 = z.copy()
+    z2[:, 0] += 5.0
+    y2 = np.zeros(300, dtype=int)
+    ts2 = TemperatureScaling().fit(z2, y2)
+    assert ts2.temperature_ < 0.5
+    assert mean_nll(ts2.predict_proba(z2), y2) < 1e-11
+    # every row constant: the temperature is not identifiable, T stays 1
+    assert TemperatureScaling().fit(np.ones((50, 3)), np.arange(50) % 3).temperature_ == 1.0
+
+
+def test_fast_exp_accuracy():
+    from failsight.reliability._calibrators_numba import exp_nonpos_array
+
+    x = -np.random.default_rng(0).random(200_000) * 700.0
+    x[:6] = [0.0, -1e-300, -0.5 * np.log(2), -1.0, -699.99, -20.5]
+    rel = np.abs(exp_nonpos_array(x) / np.exp(x) - 1.0)
+    assert rel.max() < 4 * np.finfo(float).eps
+
+
+# --------------------------------------------------------------------------------------------------
+# vector / matrix scaling, Dirichlet
+
+
+def test_dirichlet_l2_matches_sklearn_multinomial_logistic(multi):
+    from sklearn.linear_model import LogisticRegression
+
+    z, y = multi[0][:800], multi[1][:800]
+    logp = z - logsumexp(z, axis=1, keepdims=True)
+    n, reg = len(y), 1e-3
+    dc = DirichletCalibration(reg_lambda=0.0, reg_mu=0.0, reg_l2=reg, tol=1e-14).fit(z, y)
+    lr = LogisticRegression(C=1.0 / (2 * n * reg), tol=1e-12, max_iter=10_000).fit(logp, y)
+    # adding one vector to every row of W leaves softmax unchanged: only the small L2 term pins that
+    # direction, so compare the identifiable (row-centred) part tightly and the raw matrices loosely
+    np.testing.assert_allclose(dc.coef_ - dc.coef_.mean(axis=0), lr.coef_ - lr.coef_.mean(axis=0), atol=2e-5)
+    np.testing.assert_allclose(dc.coef_, lr.coef_, atol=1e-3)
+    np.testing.assert_allclose(dc.predict_proba(z), lr.predict_proba(logp), atol=2e-6)
+    # ours is at least as good a minimiser of the common objective
+    def objective(W, b):
+        s = logp @ W.T + b
+        return np.mean(logsumexp(s, axis=1) - s[np.arange(n), y]) + reg * np.sum(W**2)
+
+    assert objective(dc.coef_, dc.intercept_) <= objective(lr.coef_, lr.intercept_) + 1e-12
+
+
+def test_vector_scaling_matches_netcal_logistic(multi):
+    netcal_scaling = pytest.importorskip("netcal.scaling")
+    z, y, _, _ = multi
+    p = softmax(z[:300], axis=1)
+    nc = netcal_scaling.LogisticCalibration()  # multiclass: softmax(w * log p + b), MLE
+    nc.fit(p, y[:300])
+    ours = VectorScaling().fit(p, y[:300])
+    np.testing.assert_allclose(ours.predict_proba(p), nc.transform(p), atol=1e-4)
+
+
+def test_matrix_scaling_odir_limits(multi):
+    z, y, _, _ = multi
+    vs = VectorScaling().fit(z, y)
+    ms = MatrixScaling(reg_lambda=1e7, reg_mu=0.0).fit(z, y)
+    off = ms.coef_[~np.eye(5, dtype=bool)]
+    assert np.abs(off).max() < 1e-4
+    np.testing.assert_allclose(np.diag(ms.coef_), vs.coef_, atol=1e-3)
+    np.testing.assert_allclose(ms.predict_proba(z), vs.predict_proba(z), atol=1e-4)
+    # on probabilities, matrix scaling works on log p: the same model as Dirichlet calibration
+    p = softmax(z, axis=1)
+    a = MatrixScaling(reg_lambda=1e-2).fit(p, y).predict_proba(p)
+    b = DirichletCalibration(reg_lambda=1e-2).fit(p, y).predict_proba(p)
+    np.testing.assert_allclose(a, b, atol=1e-12)
+    # ODIR shrinks the off-diagonal part
+    weak = MatrixScaling(reg_lambda=0.0, reg_mu=0.0).fit(z, y).coef_
+    strong = MatrixScaling(reg_lambda=10.0, reg_mu=0.0).fit(z, y).coef_
+    mask = ~np.eye(5, dtype=bool)
+    assert np.abs(strong[mask]).sum() < np.abs(weak[mask]).sum()
+
+
+def test_linear_fits_are_deterministic(multi):
+    z, y, _, _ = multi
+    a = DirichletCalibration().fit(z, y)
+    b = DirichletCalibration().fit(z, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.intercept_, b.intercept_)
+
+
+# --------------------------------------------------------------------------------------------------
+# Platt, isotonic, histogram binning, beta
+
+
+@pytest.mark.parametrize("C", [1.0, np.inf])
+def test_platt_matches_sklearn_logistic(C):
+    from sklearn.linear_model import LogisticRegression
+
+    p, y = binary_scores(2000, seed=7)
+    s = np.log(p) - np.log1p(-p)
+    ours = PlattScaling(C=None if np.isinf(C) else C).fit(p, y)
+    lr = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(s[:, None], y)
+    assert ours.coef_[0] == pytest.approx(lr.coef_[0, 0], rel=1e-6)
+    assert ours.intercept_[0] == pytest.approx(lr.intercept_[0], rel=1e-6, abs=1e-8)
+    np.testing.assert_allclose(ours.predict_proba(p), lr.predict_proba(s[:, None]), atol=1e-8)
+    # the same fit from the binary logit, 1-D or as two columns [0, s]
+    np.testing.assert_allclose(PlattScaling(C=ours.C, input="logits").fit(s, y).coef_, ours.coef_, rtol=1e-9)
+
+
+def test_isotonic_matches_sklearn_with_ties():
+    from sklearn.isotonic import IsotonicRegression
+
+    p, y = binary_scores(1500, seed=8)
+    p = np.round(p, 2)  # many ties
+    ours = IsotonicCalibration().fit(p, y)
+    ref = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p, y)
+    grid = np.linspace(0, 1, 1001)
+    np.testing.assert_allclose(ours.predict_proba(grid)[:, 1], ref.predict(grid), atol=1e-12)
+    np.testing.assert_allclose(ours.predict_proba(p)[:, 1], ref.predict(p), atol=1e-12)
+
+
+def test_isotonic_one_vs_rest_renormalised(multi):
+    from sklearn.isotonic import IsotonicRegression
+
+    z, y, zt, _ = multi
+    p, pt = softmax(z, axis=1), softmax(zt, axis=1)
+    ours = IsotonicCalibration().fit(p, y).predict_proba(pt)
+    cols = [IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p[:, j], y == j).predict(pt[:, j])
+            for j in range(5)]
+    ref = np.stack(cols, axis=1)
+    ref /= ref.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_histogram_binning_matches_netcal_and_right_closed_bins():
+    netcal_binning = pytest.importorskip("netcal.binning")
+    p, y = binary_scores(3000, seed=9)
+    ours = HistogramBinning(n_bins=10).fit(p, y)
+    nc = netcal_binning.HistogramBinning(bins=10)
+    nc.fit(p, y)
+    np.testing.assert_allclose(ours.predict_proba(p)[:, 1], nc.transform(p), atol=1e-12)
+    # right-closed bins: 0.2 belongs to (0.1, 0.2], 0 to the first bin, 1 to the last
+    pe = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.95, 1.0] * 3)
+    ye = np.array([0, 0, 1, 1, 1, 0, 1, 1] * 3)
+    hb = HistogramBinning(n_bins=10).fit(pe, ye)
+    _, values = hb.calibrators_[0]
+    assert values[0] == pytest.approx(1 / 3)  # 0.0, 0.05, 0.1 -> labels 0, 0, 1
+    assert values[1] == pytest.approx(1.0)  # 0.15, 0.2
+    assert values[2] == pytest.approx(0.0)  # 0.25
+    assert values[5] == pytest.approx(0.55)  # empty bin -> its midpoint
+    assert values[9] == pytest.approx(1.0)  # 0.95 and 1.0
+    # equal-mass bins hold about the same number of calibration samples
+    hq = HistogramBinning(n_bins=5, strategy="quantile").fit(p, y)
+    idx = HistogramBinning._bin_index(hq.calibrators_[0][0], p)
+    assert np.bincount(idx, minlength=5).min() >= 590
+
+
+def test_beta_matches_netcal_and_constraints():
+    netcal_scaling = pytest.importorskip("netcal.scaling")
+    p, y = binary_scores(2000, seed=10)
+    ours = BetaCalibration().fit(p, y)
+    nc = netcal_scaling.BetaCalibration()
+    nc.fit(p, y)
+    assert np.all(ours.coef_ > 0)  # interior optimum: the unconstrained MLE
+    np.testing.assert_allclose(ours.predict_proba(p)[:, 1], nc.transform(p), atol=1e-5)
+    # labels anti-correlated with p: the constrained MLE sits on the boundary and the map is monotone
+    p2, y2 = binary_scores(2000, seed=11, a=-0.5)
+    bc = BetaCalibration().fit(p2, y2)
+    assert np.all(bc.coef_ >= 0) and np.any(bc.coef_ == 0)
+    grid = np.linspace(0.001, 0.999, 500)
+    assert np.all(np.diff(bc.predict_proba(grid)[:, 1]) >= -1e-15)
+
+
+def test_ovr_class_without_examples_gets_constant():
+    z, y = overconfident(600, 4, seed=12)
+    y[y == 3] = 0
+    with pytest.warns(RuntimeWarning, match="no positive"):
+        c = PlattScaling().fit(z, y)
+    assert c.constant_classes_ == [3]
+    q = c.predict_proba(z)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# shared behaviour of every calibrator
+
+
+ALL = [*CALIBRATORS.values(), Uncalibrated]
+
+
+@pytest.mark.parametrize("cls", list(CALIBRATORS.values()), ids=list(CALIBRATORS))
+def test_improves_calibration_on_overconfident_set(cls, multi):
+    from failsight.reliability.metrics import ece
+
+    z, y, zt, yt = multi
+    before = ece(yt, softmax(zt, axis=1))
+    q = cls().fit(z, y).predict_proba(zt)
+    assert q.shape == zt.shape
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-9)
+    after = ece(yt, q)
+    assert after < 0.6 * before, (before, after)
+    if cls not in (IsotonicCalibration, HistogramBinning):  # step maps may put 0 on a test label
+        assert mean_nll(q, yt) < mean_nll(softmax(zt, axis=1), yt)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_argmax_where_promised_pickle_clone(cls, multi):
+    z, y, zt, _ = multi
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cal = cls().fit(z, y)
+    q = cal.predict_proba(zt)
+    if cls.preserves_argmax:
+        np.testing.assert_array_equal(q.argmax(axis=1), zt.argmax(axis=1))
+    np.testing.assert_array_equal(cal.predict(zt), q.argmax(axis=1))
+    again = pickle.loads(pickle.dumps(cal))
+    np.testing.assert_array_equal(again.predict_proba(zt), q)
+    params = cal.get_params()
+    assert params["input"] == "auto"
+    fresh = clone(cal)
+    assert fresh.get_params() == params
+    assert not hasattr(fresh, "input_kind_")
+    assert cls(**params).set_params(input="logits").input == "logits"
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_errors(cls, multi):
+    z, y, _, _ = multi
+    with pytest.raises(NotFittedError):
+        cls().predict_proba(z)
+    with pytest.raises(FailsightInputError, match="NaN"):
+        bad = z.copy()
+        bad[3, 1] = np.nan
+        cls().fit(bad, y)
+    with pytest.raises(FailsightInputError, match="different numbers of samples"):
+        cls().fit(z, y[:-1])
+    with pytest.raises(FailsightInputError, match="label"):
+        cls().fit(z[:, :3], y)  # labels up to 4 but only 3 columns
+    with pytest.raises(FailsightInputError, match="1-D or 2-D"):
+        cls().fit(z[:, :, None], y)
+    with pytest.raises(FailsightInputError, match="input must be one of"):
+        cls(input="logit").fit(z, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cal = cls().fit(z, y)
+    with pytest.raises(FailsightInputError, match="fitted on 5"):
+        cal.predict_proba(z[:, :4])
+    with pytest.raises(FailsightInputError, match="looks like probs"):
+        cal.predict_proba(softmax(z, axis=1))  # fitted on logits, given probabilities
+
+
+def test_input_detection_and_explicit_kinds(multi):
+    z, y, _, _ = multi
+    p = softmax(z, axis=1)
+    assert TemperatureScaling().fit(z, y).input_kind_ == "logits"
+    assert TemperatureScaling().fit(p, y).input_kind_ == "probs"
+    assert TemperatureScaling().fit(p.astype(np.float32), y).input_kind_ == "probs"
+    pb, yb = binary_scores(300)
+    assert PlattScaling().fit(pb, yb).input_kind_ == "probs"
+    assert PlattScaling().fit(np.log(pb / (1 - pb)), yb).input_kind_ == "logits"
+    # explicit kinds: probabilities read as logits work, logits read as probabilities fail clearly
+    assert TemperatureScaling(input="logits").fit(p, y).input_kind_ == "logits"
+    with pytest.raises(FailsightInputError, match="outside \\[0, 1\\]"):
+        TemperatureScaling(input="probs").fit(z, y)
+    # probability-space methods softmax logits: same result from logits and from their softmax
+    a = IsotonicCalibration().fit(z, y).predict_proba(z)
+    b = IsotonicCalibration().fit(p, y).predict_proba(p)
+    np.testing.assert_allclose(a, b, atol=1e-12)
+    # logit-space methods use log p: the same temperature from logits and probabilities
+    assert TemperatureScaling().fit(p, y).temperature_ == pytest.approx(
+        TemperatureScaling().fit(z, y).temperature_, rel=1e-9)
+
+
+def test_too_few_samples_and_bad_parameters():
+    p, y = binary_scores(40, seed=13)
+    with pytest.raises(FailsightInputError, match="at least 50 calibration samples"):
+        HistogramBinning(n_bins=50).fit(p, y)
+    with pytest.raises(FailsightInputError, match="at least 2 calibration samples"):
+        IsotonicCalibration().fit(p[:1], y[:1])
+    with pytest.raises(FailsightInputError, match="both classes"):
+        PlattScaling().fit(p, np.zeros_like(y))
+    with pytest.raises(FailsightInputError, match="strategy"):
+        HistogramBinning(strategy="equal").fit(p, y)
+    with pytest.raises(FailsightInputError, match="C must be > 0"):
+        PlattScaling(C=0.0).fit(p, y)
+    with pytest.raises(FailsightInputError, match="reg_lambda"):
+        MatrixScaling(reg_lambda=-1.0).fit(p, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# compare_calibrators
+
+
+class _Broken(TemperatureScaling):
+    def _fit(self, x, y):
+        raise RuntimeError("boom")
+
+
+def test_compare_calibrators_default(multi):
+    from failsight.reliability import metrics
+    from failsight.reliability.compare import BEST_RULE, compare_calibrators
+
+    z, y, zt, yt = multi
+    res = compare_calibrators(y, z, yt, zt, n_boot=200, seed=1)
+    assert res.names == ["uncalibrated", *CALIBRATORS]
+    assert all(r.ok for r in res.rows), [r.error for r in res.rows]
+    assert res.input_kind == "logits" and res.n_classes == 5 and res.n_cal == len(y)
+    # the numbers are the metrics of the fitted calibrators on the test split
+    for r in res.rows:
+        q = res.fitted[r.name].predict_proba(zt)
+        assert r.ece == pytest.approx(metrics.ece(yt, q, n_bins=15), abs=1e-12)
+        assert r.nll == pytest.approx(metrics.nll(yt, q), abs=1e-12)
+        assert r.ece_ci is not None and r.ece_ci.level == 0.95 and r.ece_ci.low <= r.ece_ci.high
+        assert r.fit_time_s >= 0
+    base = res.row("uncalibrated")
+    assert base.ece == pytest.approx(metrics.ece(yt, softmax(zt, axis=1)), abs=1e-12)
+    assert res.row("temperature").accuracy == base.accuracy  # arg-max kept
+    # best: lowest ECE among rows whose NLL is not worse than uncalibrated
+    ok = [r for r in res.rows if r.nll <= base.nll + 1e-12]
+    assert res.best == min(ok, key=lambda r: (r.ece, r.nll)).name
+    assert res.best != "uncalibrated" and res.best_rule == BEST_RULE
+    assert res.best in res.fitted
+    # JSON: rows and intervals serialise, fitted models do not
+    d = res.to_dict()
+    assert "fitted" not in d and d["rows"][0]["name"] == "uncalibrated"
+    assert '"ece_ci"' in res.to_json()
+
+
+def test_compare_calibrators_failures_and_arguments():
+    from failsight.reliability.compare import compare_calibrators
+
+    p, y = binary_scores(1200, seed=14)
+    ts = TemperatureScaling()
+    res = compare_calibrators(y[:600], p[:600], y[600:], p[600:], ci=None,
+                              calibrators=["platt", ts, _Broken(),
+                                           HistogramBinning(n_bins=5000)])
+    assert res.names == ["uncalibrated", "platt", "temperature", "_Broken", "histogram"]
+    assert res.row("_Broken").error == "RuntimeError: boom"
+    assert "at least 5000" in res.row("histogram").error
+    assert res.row("histogram").ece is None and "histogram" not in res.fitted
+    assert res.row("platt").ok and res.row("platt").ece_ci is None
+    assert not hasattr(ts, "temperature_")  # estimators are cloned, not fitted in place
+    res2 = compare_calibrators(y[:600], p[:600], y[600:], p[600:], n_boot=50,
+                               calibrators={"T": TemperatureScaling(), "iso": "isotonic"})
+    assert res2.names == ["uncalibrated", "T", "iso"]
+    with pytest.raises(FailsightInputError, match="unknown calibrator"):
+        compare_calibrators(y, p, y, p, calibrators=["temp"])
+    with pytest.raises(FailsightInputError, match="same kind"):
+        compare_calibrators(y, p, y, np.log(p / (1 - p)))
+    z, yz = overconfident(200, 4)
+    with pytest.raises(FailsightInputError, match="same class columns"):
+        compare_calibrators(yz, z, yz, z[:, :3] - 0.0, input="logits")
+    with pytest.raises(FailsightInputError, match="ci"):
+        compare_calibrators(yz, z, yz, z, ci=1.5)
