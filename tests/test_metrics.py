@@ -182,6 +182,30 @@ def test_bins_are_right_closed():
         assert diag.count.tolist() == expected.tolist()
 
 
+def test_fast_bin_assignment_equals_searchsorted_at_every_edge():
+    # the kernels compute the bin as int(x * B) corrected against the edges; check values on and next to
+    # every edge for many bin counts, through the fused top-label pass and the per-class pass
+    for n_bins in range(1, 130):
+        edges = np.linspace(0, 1, n_bins + 1)
+        near = [edges]
+        for direction in (2.0, -1.0):
+            x = edges.copy()
+            for _ in range(2):
+                x = np.nextafter(x, direction)
+                near.append(x)
+        v = np.unique(np.clip(np.concatenate(near), 0, 1))
+        expected = np.bincount(np.searchsorted(edges[1:-1], v, side="left"), minlength=n_bins)
+        p = np.stack([1 - v, v], axis=1)
+        y = np.ones(len(v), dtype=int)
+        assert reliability_diagram(y, p, n_bins, class_index=1).count.tolist() == expected.tolist()
+        top = v[v >= 0.5]
+        pt = np.stack([1 - top, top], axis=1)
+        expected_top = np.bincount(np.searchsorted(edges[1:-1], top, side="left"), minlength=n_bins)
+        if len(top) >= n_bins:
+            assert reliability_diagram(np.ones(len(top), dtype=int), pt, n_bins).count.tolist() == \
+                expected_top.tolist()
+
+
 def test_n_bins_means_n_bins():
     y, p = _make(500, 3, seed=7)
     for strategy in ("uniform", "quantile"):

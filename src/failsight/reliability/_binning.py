@@ -310,14 +310,15 @@ if HAVE_NUMBA:
         # right-closed bin of each x[r] for edges[row]; equals np.searchsorted(edges[row, 1:-1], x, "left")
         nb = edges.shape[1] - 1
         if uniform:
+            fnb = np.float64(nb)
             for r in range(x.shape[0]):
-                xr = x[r]
-                b = min(max(np.int64(xr * nb), 0), nb - 1)
-                if b > 0 and xr <= edges[row, b]:
-                    b -= 1
-                elif b < nb - 1 and xr > edges[row, b + 1]:
-                    b += 1
-                out[r] = b
+                xr = x[r]  # in [0, 1]
+                b = np.int64(xr * fnb)
+                b = b if b < nb else nb - 1
+                # one-step correction to the exact edges (x * nb can round across an edge)
+                down = (xr <= edges[row, b]) & (b > 0)
+                up = (xr > edges[row, b + 1]) & (b < nb - 1)
+                out[r] = b - np.int64(down) + np.int64(up)
         else:
             for r in range(x.shape[0]):
                 xr = x[r]
@@ -333,11 +334,16 @@ if HAVE_NUMBA:
 
     @njit(cache=True)
     def _nb_accumulate(bins, vals, hit, cnt, sv, sh):  # pragma: no cover - compiled
+        # count and hits share one int64 (count < 2**32 per chunk): one read-modify-write fewer per sample
+        nb = cnt.shape[0]
+        packed = np.zeros(nb, dtype=np.int64)
         for r in range(bins.shape[0]):
             b = bins[r]
-            cnt[b] += 1
+            packed[b] += 1 + (np.int64(hit[r]) << 32)
             sv[b] += vals[r]
-            sh[b] += hit[r]
+        for b in range(nb):
+            cnt[b] += packed[b] & 0xFFFFFFFF
+            sh[b] += packed[b] >> 32
 
     @njit(cache=True, nogil=True)
     def _nb_top_label_hist(p, y, edges, uniform, atol, chunk, cnt, sv, sh, bad, a, b):  # pragma: no cover
