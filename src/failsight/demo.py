@@ -44,7 +44,7 @@ def run_demo(
     progress: bool = True,
     epochs: int = 30,
     width: int = 32,
-    max_risk: float = 0.03,
+    max_risk: float = 0.02,
     confidence: float = 0.95,
     n_boot: int = 1000,
     calibrators: Any = None,
