@@ -130,7 +130,9 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     import failsight.demo
 
     # a small configuration of the real demo (the full one trains width 32 for 30 epochs)
-    small = functools.partial(failsight.demo.run_demo, width=8, n_boot=50, calibrators=["temperature"])
+    small = functools.partial(failsight.demo.run_demo, width=8, n_boot=50, calibrators=["temperature"],
+                              robustness_kwargs={"shifts": ["contrast"], "detection_sizes": (20,), "n_trials": 1,
+                                                 "n_null_trials": 2})
     monkeypatch.setattr(failsight.demo, "run_demo", small)
     out = tmp_path / "demo"
     out.mkdir()
@@ -145,7 +147,8 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert "Report:" in r.output and "report.html" in r.output and "test accuracy" in r.output
     html = (out / "report.html").read_text()
     p = _parse_html(html)
-    assert 'id="reliability"' in html and len([t for t, _ in p if t == "img"]) == 4
+    assert 'id="reliability"' in html and 'id="robustness"' in html
+    assert len([t for t, _ in p if t == "img"]) >= 4
     assert not any(v.startswith(("http:", "https:")) for _, a in p for v in a.values() if v)
     data = json.loads((out / "results.json").read_text())
     assert data["demo"]["epochs"] == 2 and data["demo"]["width"] == 8

@@ -34,6 +34,8 @@ class DemoResult(Result):
     training_seconds: float
     analysis: Any = dataclasses.field(repr=False, metadata={"exclude_json": True})
     history: Any = dataclasses.field(repr=False, metadata={"exclude_json": True})
+    robustness: Any = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
+    robustness_seconds: float = 0.0
 
 
 def run_demo(
@@ -48,6 +50,8 @@ def run_demo(
     confidence: float = 0.95,
     n_boot: int = 1000,
     calibrators: Any = None,
+    robustness: bool = True,
+    robustness_kwargs: dict[str, Any] | None = None,
 ) -> DemoResult:
     """Run the demo and write ``<out_dir>/report.html`` and ``<out_dir>/results.json``.
 
@@ -79,6 +83,18 @@ def run_demo(
                        max_risk=max_risk, confidence=confidence, n_boot=n_boot, calibrators=calibrators,
                        seed=seed)
 
+    rob = None
+    t_rob = time.perf_counter()
+    if robustness:
+        from failsight.robustness.analysis import analyze_robustness, synthetic_ood_images
+
+        # OOD: generated shapes (grey, 8x8) and uniform noise; reference: the calibration split
+        x_ood = synthetic_ood_images(len(data.y_test), image_size=8, channels=1, seed=seed)
+        rob = analyze_robustness(model, data.x_test, data.y_test, severities=(1, 3, 5), x_reference=data.x_cal,
+                                 y_reference=data.y_cal, x_ood=x_ood, seed=seed, num_threads=1, progress=progress,
+                                 **(robustness_kwargs or {}))
+    robustness_seconds = time.perf_counter() - t_rob
+
     sizes = data.sizes
     report = Report(
         title="failsight demo: a small CNN on handwritten digits",
@@ -89,6 +105,10 @@ def run_demo(
               "seed": seed},
     )
     report.add(reliability_section(analysis))
+    if rob is not None:
+        from failsight.robustness.report import robustness_section
+
+        report.add(robustness_section(rob))
     results = {
         "failsight_version": __version__,
         "demo": {"seed": seed, "epochs": epochs, "width": width, "max_risk": max_risk,
@@ -96,11 +116,12 @@ def run_demo(
         "data": {"name": "sklearn digits", "sizes": sizes, "split": data},
         "training": history,
         "reliability": analysis,
+        "robustness": rob,
     }
     report.write(report_path, force=force)
     write_json(results_path, results, force=force)
     return DemoResult(
         out_dir=str(out), report_path=str(report_path), results_path=str(results_path),
         test_accuracy=analysis.accuracy, seconds=time.perf_counter() - t0, training_seconds=history.seconds,
-        analysis=analysis, history=history,
+        analysis=analysis, history=history, robustness=rob, robustness_seconds=robustness_seconds,
     )
