@@ -1,0 +1,158 @@
+"""Planted bugs: a known misclassification region to check Defuse end to end (demo and benchmark).
+
+A *sub-style* of one class (a k-means cluster of that class's images holding 15–30% of it, the one whose
+centre is closest to the wrong class's mean image) is relabelled as the wrong class in the *training*
+split only; a classifier trained on those labels learns the bug. The oracle labeller is an ensemble of
+classifiers trained on the correct labels: it answers what a careful person would — the class most of a
+region's images show, or "discard" when they are ambiguous or when the model already predicts that class
+there (the generator changed the class: not a bug).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from failsight._validate import FailsightInputError, check_int, check_labels
+from failsight.types import Result
+
+__all__ = ["OracleEnsemble", "PlantedBugRun", "run_planted_bug", "substyle_mask"]
+
+
+def substyle_mask(x: Any, y: Any, true: int, wrong: int, *, k: int = 4, share: tuple[float, float] = (0.15, 0.30),
+                  seed: int = 0) -> tuple[np.ndarray, float]:
+    """Boolean mask ``(n,)`` of the planted sub-style of class ``true`` among images ``x`` ``(n, ...)``.
+
+    k-means (``k`` clusters, ``seed``) on the pixels of class ``true``; among clusters holding a fraction
+    of the class within ``share``, the one whose centre is closest to the mean image of ``wrong``.
+    Returns ``(mask, fraction of class true)``.
+    """
+    from sklearn.cluster import KMeans
+
+    y = check_labels(y, name="y")
+    flat = np.asarray(x, dtype=np.float64).reshape(len(y), -1)
+    idx = np.flatnonzero(y == true)
+    if len(idx) < 5 * k or not (y == wrong).any():
+        raise FailsightInputError(f"classes {true} and {wrong} need images (class {true}: at least {5 * k}).")
+    km = KMeans(k, n_init=10, random_state=seed).fit(flat[idx])
+    frac = np.bincount(km.labels_, minlength=k) / len(idx)
+    dist = ((km.cluster_centers_ - flat[y == wrong].mean(0)) ** 2).sum(1)
+    dist[(frac < share[0]) | (frac > share[1])] = np.inf
+    if not np.isfinite(dist).any():
+        raise FailsightInputError(
+            f"class {true} has no k-means cluster holding {share[0]:.0%}-{share[1]:.0%} of it; pick another pair."
+        )
+    j = int(dist.argmin())
+    mask = np.zeros(len(y), dtype=bool)
+    mask[idx[km.labels_ == j]] = True
+    return mask, float(frac[j])
+
+
+class OracleEnsemble:
+    """Ensemble of :class:`~failsight.models.SmallCNN` trained on correct labels, used as a labeller."""
+
+    def __init__(self, x: Any, y: Any, *, n_models: int = 3, epochs: int = 30, seed: int = 0,
+                 min_share: float = 0.6, n_votes: int = 100) -> None:
+        from failsight.models.cnn import SmallCNN, train_classifier
+
+        x = np.asarray(x, dtype=np.float32)
+        self.n_classes = int(np.max(y)) + 1
+        self.min_share, self.n_votes = min_share, n_votes
+        self.models = []
+        for i in range(check_int(n_models, "n_models")):
+            m = SmallCNN(in_channels=x.shape[1], n_classes=self.n_classes, image_size=x.shape[-1],
+                         seed=1000 + 10 * seed + i)
+            train_classifier(m, x, y, epochs=epochs, seed=1000 + 10 * seed + i, progress=False, num_threads=1)
+            self.models.append(m)
+
+    def proba(self, x: Any) -> np.ndarray:
+        """Mean softmax ``(n, k)`` of the ensemble."""
+        from scipy.special import softmax
+
+        from failsight.models.cnn import predict_logits
+
+        return np.mean([softmax(predict_logits(m, x), axis=1) for m in self.models], axis=0)
+
+    def region_label(self, region: Any) -> int | str:
+        """Majority class of ``n_votes`` samples from the region, or "discard" (see the module docstring)."""
+        votes = np.bincount(self.proba(region.sample(self.n_votes, seed=424242)).argmax(1),
+                            minlength=self.n_classes)
+        top = int(votes.argmax())
+        if votes[top] < self.min_share * self.n_votes or top == region.predicted_label:
+            return "discard"
+        return top
+
+
+@dataclasses.dataclass(frozen=True)
+class PlantedBugRun(Result):
+    """One planted-bug run: did Defuse find the bug, and did the correction fix it?
+
+    ``planted_rank``: rank (1 = top) of the best region whose dominant pair is the planted one (``None``
+    if none); ``sub_*``: accuracy on the real test images of the planted sub-style; ``rest_*``: on the
+    other test images.
+    """
+
+    true: int
+    wrong: int
+    share_of_class: float
+    n_sub_train: int
+    n_sub_test: int
+    planted_rank: int | None
+    region_purity: float | None
+    sub_before: float
+    sub_after: float
+    rest_before: float
+    rest_after: float
+    seconds: float
+    result: Any = dataclasses.field(repr=False)
+
+    def summary(self) -> str:
+        found = (f"found as region #{self.planted_rank}" if self.planted_rank is not None else "NOT found")
+        return (f"defuse: planted bug {self.true}->{self.wrong} {found}; sub-style test accuracy "
+                f"{self.sub_before:.0%} -> {self.sub_after:.0%}, rest {self.rest_before:.1%} -> {self.rest_after:.1%}")
+
+
+def run_planted_bug(data: Any, *, true: int = 1, wrong: int = 8, seed: int = 0, progress: bool = False,
+                    cnn_epochs: int = 30, oracle_models: int = 3, vae_epochs: int = 150,
+                    search_kwargs: dict[str, Any] | None = None,
+                    correct_kwargs: dict[str, Any] | None = None) -> PlantedBugRun:
+    """Plant a bug in a digits split (``failsight.datasets.digits.DigitsSplits``), train the buggy CNN,
+    run Defuse with the oracle labeller and correct it. Returns a :class:`PlantedBugRun` whose ``result``
+    is the :class:`~failsight.defuse.DefuseResult` for the report."""
+    from failsight.defuse.core import Defuse
+    from failsight.defuse.labelers import CallableLabeler
+    from failsight.models.cnn import SmallCNN, predict_logits, train_classifier
+
+    t0 = time.perf_counter()
+    x_all = np.concatenate([data.x_train, data.x_cal, data.x_test])
+    y_all = np.concatenate([data.y_train, data.y_cal, data.y_test])
+    mask, share = substyle_mask(x_all, y_all, true, wrong, seed=0)
+    n_tr, n_cal = len(data.y_train), len(data.y_cal)
+    sub_tr, sub_te = mask[:n_tr], mask[n_tr + n_cal:]
+    y_planted = data.y_train.copy()
+    y_planted[sub_tr] = wrong
+
+    model = SmallCNN(seed=seed)
+    train_classifier(model, data.x_train, y_planted, epochs=cnn_epochs, seed=seed, progress=progress, num_threads=1)
+    oracle = OracleEnsemble(data.x_train, data.y_train, n_models=oracle_models, epochs=cnn_epochs, seed=seed)
+
+    d = Defuse(model, seed=seed, progress=progress).fit_generator(data.x_train, epochs=vae_epochs)
+    found = d.search(data.x_cal, data.y_cal, **(search_kwargs or {}))
+    regions = d.find_regions(found)
+    labels = d.label(regions, CallableLabeler(oracle.region_label))
+    fixed, summary = d.correct(regions, labels, data.x_train, y_planted, x_val=data.x_cal, y_val=data.y_cal,
+                               x_test=data.x_test, y_test=data.y_test, **(correct_kwargs or {}))
+    rank = next((i + 1 for i, r in enumerate(regions) if tuple(r.dominant_pair) == (true, wrong)), None)
+    purity = regions[rank - 1].pair_rate if rank is not None else None
+    ok_b = predict_logits(model, data.x_test).argmax(1) == data.y_test
+    ok_a = predict_logits(fixed, data.x_test).argmax(1) == data.y_test
+    return PlantedBugRun(
+        true=true, wrong=wrong, share_of_class=share, n_sub_train=int(sub_tr.sum()), n_sub_test=int(sub_te.sum()),
+        planted_rank=rank, region_purity=purity,
+        sub_before=float(ok_b[sub_te].mean()), sub_after=float(ok_a[sub_te].mean()),
+        rest_before=float(ok_b[~sub_te].mean()), rest_after=float(ok_a[~sub_te].mean()),
+        seconds=time.perf_counter() - t0, result=d.result(found, regions, labels, summary),
+    )
