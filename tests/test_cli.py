@@ -132,7 +132,9 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     # a small configuration of the real demo (the full one trains width 32 for 30 epochs)
     small = functools.partial(failsight.demo.run_demo, width=8, n_boot=50, calibrators=["temperature"],
                               robustness_kwargs={"shifts": ["contrast"], "detection_sizes": (20,), "n_trials": 1,
-                                                 "n_null_trials": 2})
+                                                 "n_null_trials": 2},
+                              defuse_kwargs={"cnn_epochs": 3, "oracle_models": 1, "vae_epochs": 5},
+                              study_kwargs={"epochs": 1, "seeds": (0,), "n_train": 300})
     monkeypatch.setattr(failsight.demo, "run_demo", small)
     out = tmp_path / "demo"
     out.mkdir()
@@ -147,7 +149,8 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     assert "Report:" in r.output and "report.html" in r.output and "test accuracy" in r.output
     html = (out / "report.html").read_text()
     p = _parse_html(html)
-    assert 'id="reliability"' in html and 'id="robustness"' in html
+    for sec in ("reliability", "robustness", "defuse", "study-shapes-colors"):
+        assert f'id="{sec}"' in html, sec
     assert len([t for t, _ in p if t == "img"]) >= 4
     assert not any(v.startswith(("http:", "https:")) for _, a in p for v in a.values() if v)
     data = json.loads((out / "results.json").read_text())

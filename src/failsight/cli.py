@@ -79,18 +79,27 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, the training and the bootstrap."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs of the small CNN.", hidden=True),
+    steps: str = typer.Option("reliability,robustness,defuse,study", "--steps",
+                              help="Comma-separated pillars to run (reliability is always run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a small CNN on the bundled handwritten digits and write its failure report.
 
-    Runs on the CPU in well under a minute with data shipped with scikit-learn (no download), then
-    writes OUT/report.html (open it in a browser) and OUT/results.json.
+    Runs on the CPU in a few minutes with data shipped with scikit-learn or generated (no download):
+    reliability (calibration, calibrators, a risk-guaranteed confidence threshold), robustness
+    (corruptions, shift and OOD detection), Defuse (a planted bug found, labelled by an oracle and fixed)
+    and the shapes x colours partial-failure study. Writes OUT/report.html (open it in a browser) and
+    OUT/results.json.
     """
     from failsight._validate import FailsightInputError
     from failsight.demo import run_demo
 
     try:
-        res = run_demo(out, seed=seed, force=force, progress=not quiet and sys.stderr.isatty(), epochs=epochs)
+        step_list = [s.strip() for s in steps.split(",") if s.strip()]
+        if "reliability" not in step_list:
+            step_list.insert(0, "reliability")
+        res = run_demo(out, seed=seed, force=force, progress=not quiet and sys.stderr.isatty(), epochs=epochs,
+                       steps=step_list)
     except FailsightInputError as exc:
         _fail(str(exc))
         return
@@ -102,7 +111,23 @@ def demo(
     if a.threshold is not None:
         typer.echo(f"answer when {a.score} >= {a.threshold.threshold:.4g}: coverage {a.threshold.coverage:.1%} "
                    f"at risk <= {a.max_risk:g} (bound {a.threshold.risk_bound:.2%})")
-    typer.echo(f"done in {res.seconds:.0f} s. Report: {Path(res.report_path).resolve()}")
+    for line in _demo_findings(res):
+        typer.echo(line)
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.step_seconds.items())
+    typer.echo(f"done in {res.seconds:.0f} s ({timing}). Report: {Path(res.report_path).resolve()}")
+
+
+def _demo_findings(res: Any) -> list[str]:
+    """One line per extra pillar the demo ran."""
+    lines = []
+    if res.robustness is not None:
+        lines.extend(res.robustness.findings()[:2])
+    if res.defuse is not None:
+        lines.append(res.defuse.summary())
+    if res.study is not None:
+        n_pf = sum(bool(c.partial_failure or c.task_partial_failures) for c in res.study.comparisons)
+        lines.append(f"study: {n_pf} of {len(res.study.comparisons)} ablations hide a regression on some slice")
+    return lines
 
 
 @app.command(short_help="Reliability report from saved predictions (.npz of labels + logits/probs).")
@@ -365,3 +390,112 @@ def robustness(
     for line in analysis.findings():
         typer.echo(line)
     typer.echo(f"done in {analysis.seconds['total']:.0f} s. Report: {report_path.resolve()}")
+
+
+@app.command(short_help="Defuse: find misclassification regions beyond the test set, label them, fix them.")
+def defuse(
+    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL.pt",
+                               help="Torch classifier (logits out), saved with torch.save(model, path); only load "
+                                    "files you trust."),
+    train: Path = typer.Option(..., "--train", show_default=False, metavar="TRAIN.npz",
+                               help="The classifier's training images ('x') and labels ('y'): trains the generator "
+                                    "and is mixed into the fine-tuning."),
+    seeds: Path = typer.Option(..., "--seeds", show_default=False, metavar="VAL.npz",
+                               help="Labelled images ('x', 'y') the search starts from, e.g. a validation split; "
+                                    "also picks the mixing weight of the correction."),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False,
+                             help="Output folder: report.html, results.json, generator.pt, regions/ (grids + "
+                                  "labels.csv) and, with --labels, fixed_model.pt."),
+    labels: Path | None = typer.Option(None, "--labels", show_default=False, metavar="labels.csv",
+                                       help="Filled-in labels file (one class or 'discard' per region): corrects "
+                                            "the model and evaluates the fix."),
+    test: Path | None = typer.Option(None, "--test", show_default=False, metavar="TEST.npz",
+                                     help="Real test images ('x', 'y') to check that test accuracy holds."),
+    generator: Path | None = typer.Option(None, "--generator", show_default=False, metavar="GEN.pt",
+                                          help="A saved failsight VAE (default: OUT/generator.pt if it exists, "
+                                               "else one is trained and saved there)."),
+    radius: float = typer.Option(1.0, "--radius", help="Latent perturbation radius (in latent standard deviations)."),
+    n_samples: int = typer.Option(32, "--n-samples", help="Latent samples per seed image."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random step (the same seed gives the same regions)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing outputs in --out (never the "
+                                                           "labels file passed with --labels)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Defuse (Slack et al. 2021): search a generative model's latent space for natural inputs the model gets
+    wrong, group them into misclassification regions and write a grid per region with a labels.csv to fill in.
+
+    Workflow: run once, open OUT/regions/*.png, write one class (or 'discard') per region into
+    OUT/regions/labels.csv, then run again with --labels OUT/regions/labels.csv --force: the same seed and
+    generator give the same regions, the model is fine-tuned on samples from the labelled regions and
+    OUT/fixed_model.pt is written with a before/after table in the report.
+    """
+    import torch
+
+    from failsight._validate import FailsightInputError
+    from failsight.defuse import VAE, Defuse, FileLabeler, load_regions, save_regions
+    from failsight.defuse.report import defuse_section
+    from failsight.report.html import Report, check_writable, write_json
+    from failsight.robustness.io import load_labelled_images, load_model
+
+    report_path, results_path = out / "report.html", out / "results.json"
+    gen_path = generator if generator is not None else out / "generator.pt"
+    fixed_path = out / "fixed_model.pt"
+    progress = not quiet and sys.stderr.isatty()
+    try:
+        check_writable([report_path, results_path] + ([fixed_path] if labels is not None else []), force)
+        if labels is not None and not labels.is_file():
+            raise FailsightInputError(f"labels file {labels} does not exist; run without --labels first to "
+                                      "export one, fill in its 'label' column, then pass it.")
+        net = load_model(model)
+        if not isinstance(net, torch.nn.Module) or isinstance(net, torch.jit.ScriptModule):
+            raise FailsightInputError(f"{model} must hold a torch nn.Module saved with torch.save(model, path) "
+                                      "(Defuse fine-tunes it; TorchScript files cannot be trained here).")
+        tr = load_labelled_images(train)
+        sd = load_labelled_images(seeds)
+        te = load_labelled_images(test) if test is not None else None
+        d = Defuse(net, seed=seed, progress=progress)
+        if gen_path.is_file():
+            d.generator = VAE.load(gen_path)
+        else:
+            d.fit_generator(tr.x)
+            out.mkdir(parents=True, exist_ok=True)
+            d.generator.save(gen_path)
+        found = d.search(sd.x, sd.y, n_samples=n_samples, radius=radius)
+        if found.n_found == 0:
+            raise FailsightInputError(f"the search found no misclassified samples around {len(sd.y)} seeds; "
+                                      f"try a larger --radius (now {radius:g}) or more --n-samples.")
+        labeler = FileLabeler(out / "regions")
+        saved = out / "regions" / "regions.npz"
+        correction = given = None
+        if labels is None:
+            regions = d.find_regions(found)
+            labeler.export(regions, d._names(), force=force)
+            save_regions(regions, saved, overwrite=force)
+        else:
+            # the regions the labels were written for (ids must match), not a fresh fit
+            regions = load_regions(saved, d.generator) if saved.is_file() else d.find_regions(found)
+            given = d.label(regions, lambda regs, names: FileLabeler.read(labels, regs, names))
+            fixed, correction = d.correct(regions, given, tr.x, tr.y, x_val=sd.x, y_val=sd.y,
+                                          x_test=None if te is None else te.x, y_test=None if te is None else te.y)
+            torch.save(fixed, fixed_path)
+        result = d.result(found, regions, given, correction)
+        report = Report(title="failsight Defuse report", subtitle=f"Model {model.name}; seeds from {seeds.name}",
+                        meta={"model": str(model), "generator": str(gen_path), "seed": seed})
+        report.add(defuse_section(result, labeler_note=None if labels is None else f"Labels from {labels}."))
+        report.write(report_path, force=force)
+        write_json(results_path, {"failsight_version": __version__, "defuse": result}, force=force)
+    except FailsightInputError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"{found.n_found} errors found; {len(regions)} region(s).")
+    for r in regions[:5]:
+        typer.echo(f"  {r.describe()}")
+    if correction is None:
+        typer.echo(f"Label the regions in {labeler.labels_path} (a class or 'discard' per row; grids beside it), "
+                   "then rerun with --labels that file --force.")
+    else:
+        typer.echo(f"region accuracy {correction.region_accuracy_before:.1%} -> {correction.region_accuracy_after:.1%}"
+                   + (f"; test {correction.test_accuracy_before:.1%} -> {correction.test_accuracy_after:.1%}"
+                      if correction.test_accuracy_before is not None else "")
+                   + f". Fixed model: {fixed_path.resolve()}")
+    typer.echo(f"Report: {report_path.resolve()}")
