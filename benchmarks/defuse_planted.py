@@ -42,11 +42,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from failsight.datasets.digits import load_digits_images, split_digits
-from failsight.defuse import VAE, CallableLabeler, Defuse
+from failsight.defuse import VAE, CallableLabeler, Defuse, planted
 from failsight.models import SmallCNN, predict_logits, train_classifier
 
 BUGS = [(5, 9), (1, 8), (6, 4)]
@@ -58,49 +57,18 @@ ORACLE_SHARE = 0.6
 
 def substyle_mask(true: int, wrong: int) -> tuple[np.ndarray, float]:
     """Boolean mask over all 1,797 digits marking the planted sub-style of class ``true``."""
-    x, y = load_digits_images()
-    flat = x.reshape(len(x), -1)
-    idx = np.flatnonzero(y == true)
-    km = KMeans(4, n_init=10, random_state=0).fit(flat[idx])
-    share = np.bincount(km.labels_, minlength=4) / len(idx)
-    dist = ((km.cluster_centers_ - flat[y == wrong].mean(0)) ** 2).sum(1)
-    dist[(share < 0.15) | (share > 0.30)] = np.inf
-    if not np.isfinite(dist).any():
-        raise SystemExit(f"class {true} has no k-means cluster holding 15-30% of it; pick another bug")
-    j = int(dist.argmin())
-    mask = np.zeros(len(y), dtype=bool)
-    mask[idx[km.labels_ == j]] = True
-    return mask, float(share[j])
+    return planted.substyle_mask(*load_digits_images(), true, wrong, seed=0)
+
+
+def Oracle(x, y, seed: int) -> planted.OracleEnsemble:
+    """Ensemble of CNNs trained on the correct labels (see failsight.defuse.planted.OracleEnsemble)."""
+    return planted.OracleEnsemble(x, y, n_models=ORACLE_SIZE, epochs=CNN_EPOCHS, seed=seed, min_share=ORACLE_SHARE)
 
 
 def train_cnn(x, y, seed: int) -> SmallCNN:
     model = SmallCNN(seed=seed)
     train_classifier(model, x, y, epochs=CNN_EPOCHS, seed=seed, progress=False)
     return model
-
-
-class Oracle:
-    """Ensemble of CNNs trained on the correct labels."""
-
-    def __init__(self, x, y, seed: int) -> None:
-        self.models = [train_cnn(x, y, 1000 + 10 * seed + k) for k in range(ORACLE_SIZE)]
-
-    def proba(self, x) -> np.ndarray:
-        out = []
-        for m in self.models:
-            logits = torch.from_numpy(predict_logits(m, x))
-            out.append(torch.softmax(logits, 1).numpy())
-        return np.mean(out, axis=0)
-
-    def region_label(self, region) -> int | str:
-        """What a careful person would answer: the class most of the region's images show, or "discard" when
-        they are ambiguous (no class reaches 60% of the votes) or when the model already predicts that class there (the
-        generator changed the class: not a bug)."""
-        votes = np.bincount(self.proba(region.sample(100, seed=424242)).argmax(1), minlength=10)
-        top = int(votes.argmax())
-        if votes[top] < ORACLE_SHARE * 100 or top == region.predicted_label:
-            return "discard"
-        return top
 
 
 def fmt(values, pct: bool = True) -> str:
