@@ -42,7 +42,7 @@ from failsight.robustness.label_shift import resample_to_priors
 from failsight.robustness.ood import penultimate_features
 from failsight.robustness.shifts import corrupt, list_shifts
 
-DETECTORS = ("bbsd", "mmd", "classifier")
+DETECTORS = ("bbsd", "mmd", "classifier", "bbsd-perm")
 FAMILIES = ("noise", "blur", "weather", "digital")
 ALPHA = 0.05
 JITTER = 0.02
@@ -119,6 +119,8 @@ def run_trials(setup: Setup, shift: tuple[str, object], sizes: tuple[int, ...], 
             hits[1, j] += detect_shift(ref_feat, new_feat[:n], "mmd", alpha=ALPHA, n_permutations=n_perm,
                                        seed=seed).is_shift
             hits[2, j] += detect_shift(ref_feat, new_feat[:n], "classifier", alpha=ALPHA, seed=seed).is_shift
+            hits[3, j] += detect_shift(ref_soft, new_soft[:n], "bbsd", alpha=ALPHA, bbsd_correction="permutation",
+                                       n_permutations=max(n_perm, 199), seed=seed).is_shift
     return hits
 
 

@@ -159,3 +159,36 @@ def test_bad_inputs():
         detect_shift(x, x, "classifier", classifier="svm")
     with pytest.raises(FailsightInputError, match="classifier_statistic"):
         detect_shift(x, x, "classifier", classifier_statistic="f1")
+
+
+def test_bbsd_permutation_is_exact_at_tiny_n_and_matches_scipy_ks():
+    from scipy import stats
+
+    from failsight.robustness.detect import _max_ks_permutations
+
+    rng = np.random.default_rng(0)
+    # dependent, softmax-like outputs: Bonferroni is conservative here, the permutation version is not
+    def draw(n):
+        return rng.dirichlet(np.full(10, 0.3), size=n)
+
+    ref = draw(200)
+    pooled = np.concatenate([ref, draw(10)])
+    obs, _ = _max_ks_permutations(pooled, 200, rng, 5)
+    want = stats.ks_2samp(pooled[:200], pooled[200:], axis=0).statistic.max()
+    assert obs == pytest.approx(want, abs=1e-12)
+
+    rejections = 0
+    trials = 200
+    for t in range(trials):
+        new = draw(10)
+        rejections += detect_shift(ref, new, "bbsd", bbsd_correction="permutation", n_permutations=199,
+                                   seed=t).is_shift
+    assert 0.02 <= rejections / trials <= 0.09  # exact level 0.05; band ~ 2 binomial SDs over 200 trials
+    shifted = rng.dirichlet(np.r_[np.full(5, 2.0), np.full(5, 0.1)], size=50)
+    assert detect_shift(ref, shifted, "bbsd", bbsd_correction="permutation").is_shift
+
+
+def test_bbsd_correction_must_be_known():
+    x = np.random.default_rng(0).random((30, 3))
+    with pytest.raises(FailsightInputError, match="bbsd_correction"):
+        detect_shift(x, x, "bbsd", bbsd_correction="holm")

@@ -112,7 +112,31 @@ def _check_pair(reference: Any, new: Any, method: str) -> tuple[np.ndarray, np.n
 # --------------------------------------------------------------------------------------------------
 # BBSD: per-dimension KS with Bonferroni
 # --------------------------------------------------------------------------------------------------
-def _bbsd(ref: np.ndarray, cur: np.ndarray, alpha: float) -> ShiftTest:
+def _max_ks_permutations(pooled: np.ndarray, m: int, rng: np.random.Generator, n_permutations: int,
+                         chunk: int = 128) -> tuple[float, np.ndarray]:
+    """Max over dimensions of the two-sample KS statistic, observed and under ``n_permutations`` random
+    relabellings of the pooled sample ``(m + n, d)`` (first ``m`` rows = reference)."""
+    big_n, d = pooled.shape
+    n = big_n - m
+    order = np.argsort(pooled, axis=0, kind="stable")  # (N, d), once
+    labels = np.zeros((1 + n_permutations, big_n), dtype=np.float64)
+    labels[0, :m] = 1.0
+    base = labels[0].copy()
+    for b in range(1, 1 + n_permutations):  # one shuffle per permutation (cheap); the KS work is batched below
+        labels[b] = rng.permutation(base)
+    stat = np.zeros(1 + n_permutations)
+    for j in range(d):
+        for lo in range(0, 1 + n_permutations, chunk):
+            g = labels[lo:lo + chunk][:, order[:, j]]  # (b, N) group of each sorted value
+            c_ref = np.cumsum(g, axis=1)
+            c_cur = np.arange(1, big_n + 1) - c_ref
+            ks = np.abs(c_ref / m - c_cur / n).max(axis=1)
+            np.maximum(stat[lo:lo + chunk], ks, out=stat[lo:lo + chunk])
+    return float(stat[0]), stat[1:]
+
+
+def _bbsd(ref: np.ndarray, cur: np.ndarray, alpha: float, correction: str = "bonferroni",
+          n_permutations: int = 500, rng: np.random.Generator | None = None) -> ShiftTest:
     from scipy import stats
 
     d = ref.shape[1]
@@ -120,12 +144,18 @@ def _bbsd(ref: np.ndarray, cur: np.ndarray, alpha: float) -> ShiftTest:
     p_dims = np.atleast_1d(np.asarray(res.pvalue, dtype=np.float64))
     ks_dims = np.atleast_1d(np.asarray(res.statistic, dtype=np.float64))
     p_dims = np.where(np.isnan(p_dims), 1.0, p_dims)  # constant identical columns
-    p_value = float(min(1.0, d * p_dims.min()))  # Bonferroni: reject if any p_j <= alpha / d
+    details: dict[str, Any] = {"p_values": p_dims, "ks_statistics": ks_dims, "correction": correction}
+    if correction == "bonferroni":
+        p_value = float(min(1.0, d * p_dims.min()))  # Bonferroni: reject if any p_j <= alpha / d
+        details["per_dimension_threshold"] = alpha / d
+    else:  # permutation distribution of max_j KS_j: exact size whatever the dependence between dimensions
+        rng = rng if rng is not None else np.random.default_rng(0)
+        observed, null = _max_ks_permutations(np.concatenate([ref, cur]), len(ref), rng, n_permutations)
+        p_value = float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + n_permutations))
+        details["n_permutations"] = n_permutations
     return ShiftTest(
         method="bbsd", statistic=float(ks_dims.max()), p_value=p_value, threshold=alpha,
-        is_shift=bool(p_value <= alpha), n_reference=len(ref), n_new=len(cur),
-        details={"p_values": p_dims, "ks_statistics": ks_dims, "per_dimension_threshold": alpha / d,
-                 "correction": "bonferroni"},
+        is_shift=bool(p_value <= alpha), n_reference=len(ref), n_new=len(cur), details=details,
     )
 
 
@@ -269,7 +299,8 @@ def _classifier(ref: np.ndarray, cur: np.ndarray, alpha: float, rng: np.random.G
 # --------------------------------------------------------------------------------------------------
 def detect_shift(reference: Any, new: Any, method: Method = "bbsd", *, alpha: float = 0.05,
                  n_permutations: int = 500, seed: int = 0, classifier: str = "logistic",
-                 classifier_statistic: str = "auc", test_size: float = 0.5) -> ShiftTest:
+                 classifier_statistic: str = "auc", test_size: float = 0.5,
+                 bbsd_correction: str = "bonferroni") -> ShiftTest:
     """Test whether ``new`` was drawn from the same distribution as ``reference``.
 
     Parameters
@@ -279,7 +310,8 @@ def detect_shift(reference: Any, new: Any, method: Method = "bbsd", *, alpha: fl
     method : ``"bbsd"`` (per-dimension KS + Bonferroni; meant for softmax outputs), ``"mmd"`` (RBF-kernel
         MMD² permutation test) or ``"classifier"`` (classifier two-sample test).
     alpha : significance level; ``is_shift`` is ``p_value <= alpha``.
-    n_permutations : permutations for the MMD test (p-value resolution ``1 / (n_permutations + 1)``).
+    n_permutations : permutations for the MMD test and the permutation-calibrated BBSD (p-value resolution
+        ``1 / (n_permutations + 1)``).
     seed : seeds the permutations and the classifier test's split, so results are reproducible.
     classifier : ``"logistic"`` (standardised logistic regression) or ``"gbm"`` (gradient boosting, 100
         depth-3 trees) for the classifier test; both weight the two groups equally.
@@ -288,6 +320,10 @@ def detect_shift(reference: Any, new: Any, method: Method = "bbsd", *, alpha: fl
         for small samples, and more powerful; ``"accuracy"``: held-out accuracy with the exact
         hypergeometric (conditional binomial) p-value — discrete, hence conservative for small samples.
     test_size : share of each group held out to score the classifier test.
+    bbsd_correction : ``"bonferroni"`` (Rabanser et al. 2019: reject when any per-dimension KS p-value is
+        ``<= alpha / d``; conservative when the ``d`` softmax outputs are dependent and samples are tiny) or
+        ``"permutation"`` (the maximum KS statistic over dimensions calibrated by relabelling the pooled
+        sample: exact size for any dependence, ``n_permutations`` relabellings).
 
     Returns
     -------
@@ -300,7 +336,13 @@ def detect_shift(reference: Any, new: Any, method: Method = "bbsd", *, alpha: fl
     ref, cur = _check_pair(reference, new, method)
     rng = np.random.default_rng(seed)
     if method == "bbsd":
-        return _bbsd(ref, cur, alpha)
+        if bbsd_correction not in ("bonferroni", "permutation"):
+            raise FailsightInputError(
+                f"unknown bbsd_correction {bbsd_correction!r}; use 'bonferroni' or 'permutation'."
+            )
+        if bbsd_correction == "permutation":
+            n_permutations = check_int(n_permutations, "n_permutations", minimum=1)
+        return _bbsd(ref, cur, alpha, bbsd_correction, n_permutations, rng)
     if method == "mmd":
         n_permutations = check_int(n_permutations, "n_permutations", minimum=1)
         return _mmd(ref, cur, alpha, n_permutations, rng)
