@@ -282,7 +282,7 @@ def slices(
 @app.command(short_help="Shapes x colours ablation study: per-slice learning curves and regression flags.")
 def study(
     name: str = typer.Argument("shapes-colors", help="Study to run (only 'shapes-colors' for now)."),
-    grid: str = typer.Option("default", "--grid", help="Preset: 'default' (minutes) or 'small' (seconds)."),
+    grid: str = typer.Option("default", "--grid", help="Preset: 'default' (minutes), 'demo' (~35 s) or 'small' (seconds)."),
     seeds: str | None = typer.Option(None, "--seeds", show_default=False,
                                      help="Comma-separated seeds (default: the preset's)."),
     epochs: int | None = typer.Option(None, "--epochs", show_default=False, help="Override the preset's epochs."),

@@ -6,7 +6,7 @@ JSON results to the report layer for writing.
 
 Steps (``steps=``): ``reliability`` (calibration, calibrators, selective prediction on the digits CNN),
 ``robustness`` (corruptions and cue shifts, shift and OOD detection), ``defuse`` (a planted bug found
-and fixed with an oracle labeller) and ``study`` (the shapes × colours ablation study, small preset).
+and fixed with an oracle labeller) and ``study`` (the shapes × colours ablation study, ``demo`` preset).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def run_demo(
         from failsight.study.report import study_section
 
         t = time.perf_counter()
-        opts = {"grid": "small", **(study_kwargs or {})}
+        opts = {"grid": "demo", **(study_kwargs or {})}
         std = run_study(opts.pop("grid"), progress=progress, **opts)
         report.add(study_section(std))
         results["study"] = std

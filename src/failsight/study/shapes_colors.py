@@ -147,6 +147,9 @@ class StudyConfig(Result):
 PRESETS: dict[str, StudyConfig] = {
     "small": StudyConfig(name="small", seeds=(0, 1), epochs=4, n_train=800, image_size=24, n_cue_train=300,
                          n_conflict=300, cue_epochs=3, width=8, batch_size=32, pretrain_epochs=1),
+    # what `failsight demo` runs: ~35 s on one core, enough training for the shape task to separate from chance
+    "demo": StudyConfig(name="demo", seeds=(0, 1), epochs=8, n_train=1500, image_size=24, n_cue_train=600,
+                        n_conflict=300, cue_epochs=4, width=12, batch_size=32, pretrain_epochs=2),
     "default": StudyConfig(name="default"),
 }
 
