@@ -43,6 +43,7 @@ from failsight.robustness.ood import penultimate_features
 from failsight.robustness.shifts import corrupt, list_shifts
 
 DETECTORS = ("bbsd", "mmd", "classifier", "bbsd-perm")
+SHORT = {"bbsd": "bbsd", "mmd": "mmd", "classifier": "clas", "bbsd-perm": "bbsP"}
 FAMILIES = ("noise", "blur", "weather", "digital")
 ALPHA = 0.05
 JITTER = 0.02
@@ -196,7 +197,7 @@ def main() -> None:
     print("   family shifts corrupt each image with a random grey-scale member: "
           + "; ".join(f"{f}: {', '.join(list_shifts(f, channels=1))}" for f in FAMILIES))
     head = f"{'shift':<10}{'sev':<9}" + "".join(
-        f"{d[:4] + ' n=' + str(n):>14}" for d in DETECTORS for n in sizes)
+        f"{SHORT[d] + ' n=' + str(n):>14}" for d in DETECTORS for n in sizes)
     print(head)
     print("-" * len(head))
     for fam, sev, _ in shifts:
