@@ -196,123 +196,6 @@ def reliability(
     typer.echo(f"Report: {report_path.resolve()}")
 
 
-def _load_npz(path: Path, what: str) -> dict[str, Any]:
-    """All arrays of an ``.npz`` (no pickles), with a clear error for a missing or unreadable file."""
-    import zipfile
-
-    import numpy as np
-
-    from failsight._validate import FailsightInputError
-
-    if not path.is_file():
-        raise FailsightInputError(f"{what} file {path} does not exist; pass the path of an .npz file.")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise FailsightInputError(f"{what} file {path} is not a readable .npz ({exc}).") from exc
-
-
-def _slice_predictions(arrays: dict[str, Any], path: Path) -> Any:
-    """The predictions of a slices ``.npz``: ``pred`` (labels) or ``probs``/``logits`` (argmax taken)."""
-    from failsight._validate import FailsightInputError
-
-    for key in ("pred", "probs", "logits"):
-        if key in arrays:
-            return arrays[key]
-    raise FailsightInputError(
-        f"{path} must hold predictions as 'pred' (labels), 'probs' or 'logits' (found: {', '.join(arrays)})."
-    )
-
-
-@app.command(short_help="Per-slice metrics, and a baseline-vs-candidate check for hidden regressions.")
-def slices(
-    pred: Path = typer.Argument(..., metavar="PRED.npz", show_default=False,
-                                help=".npz with 'labels' and 'pred' (labels), 'probs' or 'logits'."),
-    groups: Path = typer.Option(..., "--groups", "-g", show_default=False,
-                                help="Slice labels: a CSV (one column per slicing, header optional) or an "
-                                     ".npz with a 'groups' array, one row per sample."),
-    baseline: Path | None = typer.Option(None, "--baseline", "-b", show_default=False,
-                                         help="Predictions of the model PRED is compared against (same "
-                                              "samples, same keys): flags partial failures."),
-    out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Output folder."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the per-slice tests."),
-    min_size: int = typer.Option(20, "--min-size", help="Slices smaller than this get no interval or test."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
-) -> None:
-    """Per-slice accuracy with intervals; with --baseline, paired per-slice deltas with McNemar tests
-    (Holm-corrected) and a PARTIAL FAILURE flag when the aggregate improves or holds while a slice regresses.
-
-    Example: failsight slices new.npz --baseline old.npz --groups groups.csv --out slices-report
-    """
-    from failsight._validate import FailsightInputError
-    from failsight.report.html import Report, check_writable, write_json
-    from failsight.report.slices import slices_section
-    from failsight.slices import compare, evaluate, load_groups
-
-    report_path, results_path = out / "report.html", out / "results.json"
-    try:
-        check_writable([report_path, results_path], force)
-        arrays = _load_npz(pred, "predictions")
-        if "labels" not in arrays:
-            raise FailsightInputError(f"{pred} must hold 'labels' (the true classes).")
-        y, y_pred = arrays["labels"], _slice_predictions(arrays, pred)
-        g = load_groups(groups)
-        rep = evaluate(y, y_pred, g, min_size=min_size)
-        comparison = None
-        if baseline is not None:
-            b = _load_npz(baseline, "baseline")
-            comparison = compare(y, _slice_predictions(b, baseline), y_pred, g, alpha=alpha, min_size=min_size)
-        report = Report(title="failsight per-slice report", subtitle=f"Predictions from {pred.name}"
-                        + (f" against {baseline.name}" if baseline else ""),
-                        meta={"samples": rep.n, "slicings": ", ".join(g)})
-        report.add(slices_section(rep, comparison))
-        report.write(report_path, force=force)
-        write_json(results_path, {"failsight_version": __version__, "slices": rep, "comparison": comparison},
-                   force=force)
-    except FailsightInputError as exc:
-        _fail(str(exc))
-        return
-    typer.echo(f"overall {rep.overall:.2%} on {rep.n} samples")
-    if comparison is not None:
-        typer.echo(comparison.summary())
-    typer.echo(f"Report: {report_path.resolve()}")
-
-
-@app.command(short_help="Shapes x colours ablation study: per-slice learning curves and regression flags.")
-def study(
-    name: str = typer.Argument("shapes-colors", help="Study to run (only 'shapes-colors' for now)."),
-    grid: str = typer.Option("default", "--grid", help="Preset: 'default' (minutes), 'demo' (~35 s) or 'small' (seconds)."),
-    seeds: str | None = typer.Option(None, "--seeds", show_default=False,
-                                     help="Comma-separated seeds (default: the preset's)."),
-    epochs: int | None = typer.Option(None, "--epochs", show_default=False, help="Override the preset's epochs."),
-    out: Path = typer.Option(Path("failsight-study"), "--out", "-o", help="Output folder."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Train a compositional network and its ablations (frozen embeddings, no attention, both) over
-    seeds on generated shapes x colours images; report shape / colour / object / zero-shot accuracy and
-    shape bias per epoch, and whether each ablation hides a regression on some slice."""
-    from failsight._validate import FailsightInputError
-    from failsight.report.html import Report, check_writable, write_json
-    from failsight.study import run_study
-    from failsight.study.report import study_section
-
-    report_path, results_path = out / "report.html", out / "results.json"
-    try:
-        if name != "shapes-colors":
-            raise FailsightInputError(f"unknown study {name!r}; available: shapes-colors.")
-        check_writable([report_path, results_path], force)
-        seed_list = None if seeds is None else [int(s) for s in seeds.split(",") if s.strip()]
-        res = run_study(grid, seeds=seed_list, epochs=epochs, progress=not quiet and sys.stderr.isatty())
-        Report(title="failsight study: shapes × colours").add(study_section(res)).write(report_path, force=force)
-        write_json(results_path, {"failsight_version": __version__, "study": res}, force=force)
-    except (FailsightInputError, ValueError) as exc:
-        _fail(str(exc))
-        return
-    typer.echo(f"done in {res.seconds / 60:.1f} min. Report: {report_path.resolve()}")
-
-
 def _int_list(text: str, what: str) -> list[int]:
     """Parse "1,3,5" into [1, 3, 5] (the library checks the range)."""
     from failsight._validate import FailsightInputError
@@ -499,3 +382,120 @@ def defuse(
                       if correction.test_accuracy_before is not None else "")
                    + f". Fixed model: {fixed_path.resolve()}")
     typer.echo(f"Report: {report_path.resolve()}")
+
+
+def _load_npz(path: Path, what: str) -> dict[str, Any]:
+    """All arrays of an ``.npz`` (no pickles), with a clear error for a missing or unreadable file."""
+    import zipfile
+
+    import numpy as np
+
+    from failsight._validate import FailsightInputError
+
+    if not path.is_file():
+        raise FailsightInputError(f"{what} file {path} does not exist; pass the path of an .npz file.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise FailsightInputError(f"{what} file {path} is not a readable .npz ({exc}).") from exc
+
+
+def _slice_predictions(arrays: dict[str, Any], path: Path) -> Any:
+    """The predictions of a slices ``.npz``: ``pred`` (labels) or ``probs``/``logits`` (argmax taken)."""
+    from failsight._validate import FailsightInputError
+
+    for key in ("pred", "probs", "logits"):
+        if key in arrays:
+            return arrays[key]
+    raise FailsightInputError(
+        f"{path} must hold predictions as 'pred' (labels), 'probs' or 'logits' (found: {', '.join(arrays)})."
+    )
+
+
+@app.command(short_help="Per-slice metrics, and a baseline-vs-candidate check for hidden regressions.")
+def slices(
+    pred: Path = typer.Argument(..., metavar="PRED.npz", show_default=False,
+                                help=".npz with 'labels' and 'pred' (labels), 'probs' or 'logits'."),
+    groups: Path = typer.Option(..., "--groups", "-g", show_default=False,
+                                help="Slice labels: a CSV (one column per slicing, header optional) or an "
+                                     ".npz with a 'groups' array, one row per sample."),
+    baseline: Path | None = typer.Option(None, "--baseline", "-b", show_default=False,
+                                         help="Predictions of the model PRED is compared against (same "
+                                              "samples, same keys): flags partial failures."),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Output folder."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the per-slice tests."),
+    min_size: int = typer.Option(20, "--min-size", help="Slices smaller than this get no interval or test."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
+) -> None:
+    """Per-slice accuracy with intervals; with --baseline, paired per-slice deltas with McNemar tests
+    (Holm-corrected) and a PARTIAL FAILURE flag when the aggregate improves or holds while a slice regresses.
+
+    Example: failsight slices new.npz --baseline old.npz --groups groups.csv --out slices-report
+    """
+    from failsight._validate import FailsightInputError
+    from failsight.report.html import Report, check_writable, write_json
+    from failsight.report.slices import slices_section
+    from failsight.slices import compare, evaluate, load_groups
+
+    report_path, results_path = out / "report.html", out / "results.json"
+    try:
+        check_writable([report_path, results_path], force)
+        arrays = _load_npz(pred, "predictions")
+        if "labels" not in arrays:
+            raise FailsightInputError(f"{pred} must hold 'labels' (the true classes).")
+        y, y_pred = arrays["labels"], _slice_predictions(arrays, pred)
+        g = load_groups(groups)
+        rep = evaluate(y, y_pred, g, min_size=min_size)
+        comparison = None
+        if baseline is not None:
+            b = _load_npz(baseline, "baseline")
+            comparison = compare(y, _slice_predictions(b, baseline), y_pred, g, alpha=alpha, min_size=min_size)
+        report = Report(title="failsight per-slice report", subtitle=f"Predictions from {pred.name}"
+                        + (f" against {baseline.name}" if baseline else ""),
+                        meta={"samples": rep.n, "slicings": ", ".join(g)})
+        report.add(slices_section(rep, comparison))
+        report.write(report_path, force=force)
+        write_json(results_path, {"failsight_version": __version__, "slices": rep, "comparison": comparison},
+                   force=force)
+    except FailsightInputError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"overall {rep.overall:.2%} on {rep.n} samples")
+    if comparison is not None:
+        typer.echo(comparison.summary())
+    typer.echo(f"Report: {report_path.resolve()}")
+
+
+@app.command(short_help="Shapes x colours ablation study: per-slice learning curves and regression flags.")
+def study(
+    name: str = typer.Argument("shapes-colors", help="Study to run (only 'shapes-colors' for now)."),
+    grid: str = typer.Option("default", "--grid", help="Preset: 'default' (minutes), 'demo' (~35 s) or 'small' (seconds)."),
+    seeds: str | None = typer.Option(None, "--seeds", show_default=False,
+                                     help="Comma-separated seeds (default: the preset's)."),
+    epochs: int | None = typer.Option(None, "--epochs", show_default=False, help="Override the preset's epochs."),
+    out: Path = typer.Option(Path("failsight-study"), "--out", "-o", help="Output folder."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a compositional network and its ablations (frozen embeddings, no attention, both) over
+    seeds on generated shapes x colours images; report shape / colour / object / zero-shot accuracy and
+    shape bias per epoch, and whether each ablation hides a regression on some slice."""
+    from failsight._validate import FailsightInputError
+    from failsight.report.html import Report, check_writable, write_json
+    from failsight.study import run_study
+    from failsight.study.report import study_section
+
+    report_path, results_path = out / "report.html", out / "results.json"
+    try:
+        if name != "shapes-colors":
+            raise FailsightInputError(f"unknown study {name!r}; available: shapes-colors.")
+        check_writable([report_path, results_path], force)
+        seed_list = None if seeds is None else [int(s) for s in seeds.split(",") if s.strip()]
+        res = run_study(grid, seeds=seed_list, epochs=epochs, progress=not quiet and sys.stderr.isatty())
+        Report(title="failsight study: shapes × colours").add(study_section(res)).write(report_path, force=force)
+        write_json(results_path, {"failsight_version": __version__, "study": res}, force=force)
+    except (FailsightInputError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"done in {res.seconds / 60:.1f} min. Report: {report_path.resolve()}")
