@@ -126,6 +126,16 @@ def check_probs(y_prob: Any, name: str = "y_prob", atol: float = PROB_SUM_ATOL,
     return p
 
 
+def looks_like_probs(x: np.ndarray) -> bool:
+    """Whether a numeric array reads as probabilities rather than logits: entries in [0, 1] and (2-D)
+    rows summing to 1 within :data:`PROB_SUM_ATOL`. The one heuristic behind every ``input="auto"``."""
+    if x.min() < 0 or x.max() > 1:
+        return False
+    if x.ndim == 1:
+        return True
+    return bool(np.all(np.abs(x.sum(axis=1, dtype=np.float64) - 1.0) <= PROB_SUM_ATOL))
+
+
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
     """Validate a finite ``(n, k)`` logit matrix (binary ``(n,)`` becomes ``(n, 2)`` as [0, z])."""
     z = as_float_array(logits, name, ndim=(1, 2))

@@ -21,28 +21,19 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from failsight._validate import (
-    PROB_SUM_ATOL,
     FailsightInputError,
     as_float_array,
     check_consistent_length,
     check_labels,
     check_logits,
     check_probs,
+    looks_like_probs,
 )
 
 #: Probabilities are clipped to [EPS, 1 - EPS] before taking logs (float64 machine epsilon).
 EPS = float(np.finfo(np.float64).eps)
 
 _INPUT_KINDS = ("auto", "logits", "probs")
-
-
-def looks_like_probs(x: np.ndarray) -> bool:
-    """Heuristic of ``input="auto"``: entries in [0, 1] and (2-D) rows summing to 1 within 1e-3."""
-    if x.min() < 0 or x.max() > 1:
-        return False
-    if x.ndim == 1:
-        return True
-    return bool(np.all(np.abs(x.sum(axis=1, dtype=np.float64) - 1.0) <= PROB_SUM_ATOL))
 
 
 def read_scores(X: Any, kind: str, name: str = "X") -> tuple[np.ndarray, str]:

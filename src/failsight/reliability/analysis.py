@@ -19,7 +19,6 @@ from scipy import stats
 from scipy.special import softmax
 
 from failsight._validate import (
-    PROB_SUM_ATOL,
     FailsightInputError,
     as_float_array,
     check_consistent_length,
@@ -28,6 +27,7 @@ from failsight._validate import (
     check_labels,
     check_logits,
     check_probs,
+    looks_like_probs,
 )
 from failsight.reliability import metrics as _metrics
 from failsight.reliability import scores as _scores
@@ -144,20 +144,11 @@ class ReliabilityAnalysis(Result):
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_probs(x: np.ndarray) -> bool:
-    """Entries in [0, 1] and rows summing to one (within the library's tolerance): probabilities."""
-    if x.min() < 0 or x.max() > 1:
-        return False
-    if x.ndim == 1:
-        return True
-    return bool(np.all(np.abs(x.sum(axis=1, dtype=np.float64) - 1.0) <= PROB_SUM_ATOL))
-
-
 def _read(x: Any, is_logits: bool | None, name: str) -> tuple[np.ndarray | None, np.ndarray, str]:
     """Return ``(logits or None, probs float64 (n, k), kind)``."""
     arr = as_float_array(x, name, ndim=(1, 2))
     if is_logits is None:
-        is_logits = not _is_probs(arr)
+        is_logits = not looks_like_probs(arr)
     if is_logits:
         z = check_logits(arr, name=name).astype(np.float64)
         return z, softmax(z, axis=1), "logits"

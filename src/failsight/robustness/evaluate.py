@@ -30,6 +30,7 @@ from failsight._validate import (
     check_consistent_length,
     check_int,
     check_labels,
+    looks_like_probs,
 )
 from failsight.types import Result
 
@@ -133,10 +134,6 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _looks_like_probs(out: np.ndarray) -> bool:
-    return bool(out.min() >= 0.0 and out.max() <= 1.0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-
-
 class _Predictor:
     """Maps images ``(n, c, h, w)`` to float64 probabilities ``(n, k)`` for a torch module or a callable.
 
@@ -189,7 +186,7 @@ class _Predictor:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self._raw(x)
         if self.kind is None:
-            self.kind = "probabilities" if _looks_like_probs(out) else "logits"
+            self.kind = "probabilities" if looks_like_probs(out) else "logits"
         if self.kind == "logits":
             return _softmax(out)
         return np.clip(out, 0.0, 1.0) / np.clip(out, 0.0, 1.0).sum(axis=1, keepdims=True)
