@@ -1,5 +1,14 @@
 """failsight.models: small torch classifiers and their training / inference helpers (imports torch)."""
 
+from failsight.models.adapters import (
+    CallableAdapter,
+    ModelAdapter,
+    SklearnAdapter,
+    TorchAdapter,
+    TorchScriptAdapter,
+    as_model,
+    load_model,
+)
 from failsight.models.cnn import SmallCNN, TrainingHistory, predict_logits, train_classifier
 from failsight.models.compositional import (
     CompositionalHistory,
@@ -13,13 +22,20 @@ from failsight.models.compositional import (
 )
 
 __all__ = [
+    "CallableAdapter",
     "CompositionalHistory",
     "CompositionalNet",
+    "ModelAdapter",
     "PretrainHistory",
+    "SklearnAdapter",
     "SmallCNN",
+    "TorchAdapter",
+    "TorchScriptAdapter",
     "TrainingHistory",
+    "as_model",
     "compose_logits",
     "compose_predictions",
+    "load_model",
     "predict_heads",
     "predict_logits",
     "pretrain_encoder",
