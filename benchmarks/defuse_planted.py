@@ -8,9 +8,12 @@ For each planted bug (true class -> wrong class) and seed:
 2. a SmallCNN trained on the planted training labels learns the bug;
 3. Defuse: a VAE on the training images (labels never used, so it is trained once per split and its time
    is added to every run on that split), a search from the calibration split, regions, one label per
-   region from the oracle (a 3-CNN ensemble trained on the *correct* training labels: majority vote over 100
-   region samples; "discard" below 60% agreement or when the majority class is what the model already
-   predicts), and the correction (lambda picked on the calibration split);
+   region from the oracle (a 3-CNN ensemble trained on the *correct* training labels; of 100 region samples
+   only those it reads with mean probability >= 0.8 vote, and the region gets their majority class when that
+   class holds more than half of them and beats the runner-up by more than chance (sign test, 5%);
+   "discard" otherwise, or when the majority class is what the model already predicts), and the correction
+   (lambda picked on the calibration split; defaults of ``Defuse.correct``: distillation anchor towards the
+   original model, training images that contradict a labelled region left out);
 4. reported: is a top-3 region's dominant pair the planted pair, that region's purity (share of samples drawn
    from it that the classifier reads as the wrong class — its errors all have the planted pair by
    construction, since regions are fitted per pair) and oracle agreement (share of its samples the oracle
@@ -52,7 +55,6 @@ BUGS = [(5, 9), (1, 8), (6, 4)]
 SEEDS = [0, 1, 2]
 CNN_EPOCHS = 30
 ORACLE_SIZE = 3
-ORACLE_SHARE = 0.6
 
 
 def substyle_mask(true: int, wrong: int) -> tuple[np.ndarray, float]:
@@ -62,7 +64,7 @@ def substyle_mask(true: int, wrong: int) -> tuple[np.ndarray, float]:
 
 def Oracle(x, y, seed: int) -> planted.OracleEnsemble:
     """Ensemble of CNNs trained on the correct labels (see failsight.defuse.planted.OracleEnsemble)."""
-    return planted.OracleEnsemble(x, y, n_models=ORACLE_SIZE, epochs=CNN_EPOCHS, seed=seed, min_share=ORACLE_SHARE)
+    return planted.OracleEnsemble(x, y, n_models=ORACLE_SIZE, epochs=CNN_EPOCHS, seed=seed)
 
 
 def train_cnn(x, y, seed: int) -> SmallCNN:
@@ -114,7 +116,7 @@ def run_planted(split, mask_all, true: int, wrong: int, seed: int, vae: VAE, vae
         "region_error_rate": region.error_rate if region is not None else None,
         "oracle_agree": oracle_agree,
         "n_labelled": sum(v is not None for v in labels.values()),
-        "lam": summary.lam,
+        "lam": summary.lam, "n_train_dropped": summary.n_train_dropped,
         "sub_before": float(ok_b[st].mean()), "sub_after": float(ok_a[st].mean()),
         "rest_before": float(ok_b[~st].mean()), "rest_after": float(ok_a[~st].mean()),
         "test_before": float(ok_b.mean()), "test_after": float(ok_a.mean()),

@@ -391,10 +391,39 @@ def test_correction_can_drop_conflicting_training_images(toy):
     x_val, y_val = toy_train(gen, n=150, seed=9)
     labels = {regions[0].id: 1}
     kw = dict(x_val=x_val, y_val=y_val, lambdas=(0.3,), epochs=10, lr=0.05, seed=0, progress=False)
-    _, kept = correct(model, regions, labels, x_all, y_all, **kw)
-    _, dropped = correct(model, regions, labels, x_all, y_all, drop_conflicting=True, **kw)
+    _, kept = correct(model, regions, labels, x_all, y_all, drop_conflicting=False, **kw)
+    _, dropped = correct(model, regions, labels, x_all, y_all, **kw)  # dropping is the default
+    assert kept.n_train_dropped == 0
     assert 20 <= dropped.n_train_dropped <= 40  # the pocket images, hardly anything else
     assert dropped.regions[0].accuracy_after >= kept.regions[0].accuracy_after
+
+
+def test_correction_distillation_anchor_keeps_the_rest_of_the_model(toy):
+    """With the anchor (default) the fine-tuned model's outputs away from the region stay closer to the
+    original's than with plain cross-entropy on the training labels, and the region is fixed either way."""
+    from scipy.special import log_softmax
+
+    from failsight.models.cnn import predict_logits
+
+    gen, model, _, _, _, regions = toy
+    x_tr, y_tr = toy_train(gen, n=300)
+    x_far, _ = toy_train(gen, n=300, seed=11)
+    labels = {regions[0].id: 1}
+    kw = dict(lambdas=(0.5,), epochs=10, lr=0.05, seed=0, progress=False)
+
+    def drift(m):  # mean KL(original || fine-tuned) on fresh images outside the pocket
+        lp, lq = log_softmax(predict_logits(model, x_far), 1), log_softmax(predict_logits(m, x_far), 1)
+        return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
+
+    anchored, res_a = correct(model, regions, labels, x_tr, y_tr, **kw)
+    plain, res_p = correct(model, regions, labels, x_tr, y_tr, distill=0.0, **kw)
+    for res in (res_a, res_p):
+        assert res.regions[0].accuracy_before < 0.3 and res.regions[0].accuracy_after > 0.8
+    assert drift(anchored) < drift(plain)
+    with pytest.raises(FailsightInputError, match="distill"):
+        correct(model, regions, labels, x_tr, y_tr, distill=1.5, progress=False)
+    with pytest.raises(FailsightInputError, match="temperature"):
+        correct(model, regions, labels, x_tr, y_tr, temperature=0.0, progress=False)
 
 
 def test_correction_errors(toy):
@@ -410,6 +439,27 @@ def test_correction_errors(toy):
         correct(model, regions, {0: 1}, x_tr, y_tr, lambdas=(1.5,), progress=False)
     with pytest.raises(FailsightInputError, match="channel"):
         correct(model, regions, {0: 1}, np.zeros((4, 3, 8, 8)), np.zeros(4, int), progress=False)
+
+
+def test_oracle_vote_rule_counts_confident_votes_and_needs_a_clear_majority():
+    from failsight.defuse.planted import OracleEnsemble
+
+    oracle = OracleEnsemble.__new__(OracleEnsemble)  # the rule alone, no networks needed
+    oracle.n_classes, oracle.n_votes, oracle.min_share = 10, 100, 0.5
+    oracle.min_confidence, oracle.min_confident, oracle.alpha = 0.8, 0.25, 0.05
+
+    def votes(**kw):
+        v = np.zeros(10, int)
+        for k, n in kw.items():
+            v[int(k[1:])] = n
+        return v
+
+    # 46 of 76 legible samples say 5, 22 say 9 (the rest of 100 were blends): a clear majority for 5
+    assert oracle.label_from_votes(votes(c5=46, c9=22, c3=8), predicted_label=9) == 5
+    assert oracle.label_from_votes(votes(c5=46, c9=22, c3=8), predicted_label=5) == "discard"  # model says 5
+    assert oracle.label_from_votes(votes(c5=30, c9=26), predicted_label=9) == "discard"  # not beyond chance
+    assert oracle.label_from_votes(votes(c5=30, c9=10, c3=15, c8=10), predicted_label=9) == "discard"  # < half
+    assert oracle.label_from_votes(votes(c5=20), predicted_label=9) == "discard"  # too few legible samples
 
 
 # ------------------------------------------------------------------------------------ Defuse object
