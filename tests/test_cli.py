@@ -133,9 +133,11 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     small = functools.partial(failsight.demo.run_demo, width=8, n_boot=50, calibrators=["temperature"],
                               robustness_kwargs={"shifts": ["contrast"], "detection_sizes": (20,), "n_trials": 1,
                                                  "n_null_trials": 2},
+                              audit_defuse_kwargs={"generator_epochs": 5, "n_samples": 8},
                               defuse_kwargs={"cnn_epochs": 3, "oracle_models": 1, "vae_epochs": 5},
                               study_kwargs={"epochs": 1, "seeds": (0,), "n_train": 300})
     monkeypatch.setattr(failsight.demo, "run_demo", small)
+    monkeypatch.setenv("FAILSIGHT_DB", str(tmp_path / "runs.db"))
     out = tmp_path / "demo"
     out.mkdir()
     (out / "report.html").write_text("old report")
@@ -146,19 +148,25 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch):
     # ... and replaces it with --force
     r = runner.invoke(app, ["demo", "--out", str(out), "--epochs", "2", "--force", "-q"])
     assert r.exit_code == 0, r.output
-    assert "Report:" in r.output and "report.html" in r.output and "test accuracy" in r.output
+    assert "Report:" in r.output and "report.html" in r.output and "failsight audit of SmallCNN" in r.output
+    assert "recorded as run 1" in r.output and (tmp_path / "runs.db").is_file()
     html = (out / "report.html").read_text()
     p = _parse_html(html)
-    for sec in ("reliability", "robustness", "defuse", "study-shapes-colors"):
+    for sec in ("summary", "reliability", "robustness", "defuse", "slices", "defuse-planted", "study-shapes-colors"):
         assert f'id="{sec}"' in html, sec
     assert len([t for t, _ in p if t == "img"]) >= 4
     assert not any(v.startswith(("http:", "https:")) for _, a in p for v in a.values() if v)
     data = json.loads((out / "results.json").read_text())
     assert data["demo"]["epochs"] == 2 and data["demo"]["width"] == 8
     assert data["data"]["sizes"] == {"train": 899, "cal": 449, "test": 449}
-    assert data["reliability"]["n_test"] == 449 and data["reliability"]["comparison"]["n_cal"] == 449
+    rel = data["audit"]["reliability"]
+    assert rel["n_test"] == 449 and rel["comparison"]["n_cal"] == 449
     assert data["training"]["epochs"] == 2
-    assert 0.3 < data["reliability"]["metrics"][-1]["value"] <= 1.0  # accuracy after 2 epochs of a tiny CNN
+    assert 0.3 < data["audit"]["metrics"]["reliability.accuracy"] <= 1.0  # 2 epochs of a tiny CNN
+    # the slices step compares with the half-width baseline over class, ink and width
+    assert set(data["audit"]["slices"]["worst"]) == {"class", "ink", "width"}
+    assert data["audit"]["comparison"] is not None
+    assert (out / "regions" / "labels.csv").is_file()
 
 
 def _parse_html(html: str) -> list[tuple[str, dict]]:

@@ -47,4 +47,4 @@ def test_oracle_votes_and_discards():
     assert oracle.region_label(_Region(threes, predicted=5)) == 3        # a real bug: relabel as 3
     assert oracle.region_label(_Region(threes, predicted=3)) == "discard"  # the model already says 3
     mixed = np.concatenate([x[1200:][y[1200:] == 0][:20], x[1200:][y[1200:] == 6][:20]])
-    assert oracle.region_label(_Region(mixed, predicted=9)) == "discard"  # ambiguous: no 60% majority
+    assert oracle.region_label(_Region(mixed, predicted=9)) == "discard"  # ambiguous: no clear majority of confident votes

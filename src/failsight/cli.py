@@ -18,6 +18,12 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+def _mount_runs() -> None:
+    from failsight.runs.cli import runs_app
+
+    app.add_typer(runs_app, name="runs", help="Run history: list recorded audits and compare two of them.")
+
+
 #: Exit code for bad input (the message on stderr says what is wrong and how to fix it).
 EXIT_BAD_INPUT = 2
 
@@ -73,23 +79,24 @@ def _load_predictions(path: Path, what: str) -> tuple[Any, Any, bool]:
     return arrays["labels"], arrays["logits" if has_logits else "probs"], has_logits
 
 
-@app.command(short_help="Train a small CNN on the bundled digits and write its failure report.")
+@app.command(short_help="Train a small CNN on the bundled digits and audit it with every pillar.")
 def demo(
     out: Path = typer.Option(Path("failsight-demo"), "--out", "-o", help="Output folder for report.html and results.json."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, the training and the bootstrap."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs of the small CNN.", hidden=True),
-    steps: str = typer.Option("reliability,robustness,defuse,study", "--steps",
+    steps: str = typer.Option("reliability,robustness,defuse,slices,study", "--steps",
                               help="Comma-separated pillars to run (reliability is always run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a small CNN on the bundled handwritten digits and write its failure report.
+    """Train a small CNN on the bundled handwritten digits and audit it with every pillar.
 
-    Runs on the CPU in a few minutes with data shipped with scikit-learn or generated (no download):
-    reliability (calibration, calibrators, a risk-guaranteed confidence threshold), robustness
-    (corruptions, shift and OOD detection), Defuse (a planted bug found, labelled by an oracle and fixed)
-    and the shapes x colours partial-failure study. Writes OUT/report.html (open it in a browser) and
-    OUT/results.json.
+    Runs on the CPU in a few minutes with data shipped with scikit-learn or generated (no download): the
+    full audit of the CNN - reliability (calibration, calibrators, a risk-guaranteed confidence threshold),
+    robustness (corruptions, shift and OOD detection), Defuse (regions to label), per-slice accuracy
+    against a half-width baseline - plus Defuse on a planted bug (found, labelled by an oracle, fixed) and
+    the shapes x colours partial-failure study. Writes OUT/report.html (open it in a browser),
+    OUT/results.json and OUT/regions/, and records the run in failsight-runs.db beside OUT.
     """
     from failsight._validate import FailsightInputError
     from failsight.demo import run_demo
@@ -103,27 +110,20 @@ def demo(
     except FailsightInputError as exc:
         _fail(str(exc))
         return
-    a = res.analysis
-    helped = a.best_calibrator not in (None, "uncalibrated")
-    typer.echo(f"test accuracy {a.accuracy:.2%}; ECE {a.metric('ece').value:.4f}"
-               + (f" -> {a.metric('ece', calibrated=True).value:.4f} after {a.best_calibrator}" if helped
-                  else " (no calibrator improved on it)"))
-    if a.threshold is not None:
-        typer.echo(f"answer when {a.score} >= {a.threshold.threshold:.4g}: coverage {a.threshold.coverage:.1%} "
-                   f"at risk <= {a.max_risk:g} (bound {a.threshold.risk_bound:.2%})")
+    typer.echo(res.audit.summary())
     for line in _demo_findings(res):
         typer.echo(line)
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.step_seconds.items())
+    if res.run_id is not None:
+        typer.echo(f"recorded as run {res.run_id} in {res.db} (failsight runs list / compare).")
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.step_seconds.items() if k != "audit")
     typer.echo(f"done in {res.seconds:.0f} s ({timing}). Report: {Path(res.report_path).resolve()}")
 
 
 def _demo_findings(res: Any) -> list[str]:
-    """One line per extra pillar the demo ran."""
+    """One line for each showcase beyond the audit."""
     lines = []
-    if res.robustness is not None:
-        lines.extend(res.robustness.findings()[:2])
     if res.defuse is not None:
-        lines.append(res.defuse.summary())
+        lines.append("planted bug: " + res.defuse.summary())
     if res.study is not None:
         n_pf = sum(bool(c.partial_failure or c.task_partial_failures) for c in res.study.comparisons)
         lines.append(f"study: {n_pf} of {len(res.study.comparisons)} ablations hide a regression on some slice")
@@ -467,6 +467,125 @@ def slices(
     typer.echo(f"Report: {report_path.resolve()}")
 
 
+
+@app.command(short_help="Audit your own model over every pillar: one report, results.json and a run record.")
+def audit(
+    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL",
+                               help="TorchScript file, torch.save(model) file, or an sklearn estimator pickled "
+                                    "(.pkl) or joblib-dumped (.joblib). Unpickling runs code: only load files you "
+                                    "trust."),
+    test: Path = typer.Option(..., "--test", "-t", show_default=False, metavar="TEST",
+                              help="Labelled test data: .npz ('x', 'y', optional 'groups'), an IDX images file "
+                                   "(labels file found beside it), or an image folder (one sub-folder per class)."),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False,
+                             help="Output folder: report.html, results.json, regions/ (grids + labels.csv), "
+                                  "generator.pt."),
+    calibration: Path | None = typer.Option(None, "--calibration", "-c", show_default=False, metavar="CAL",
+                                            help="Held-out labelled data (same formats): calibrators, the risk "
+                                                 "threshold, Defuse seeds, detector reference."),
+    train: Path | None = typer.Option(None, "--train", show_default=False, metavar="TRAIN",
+                                      help="The model's training data (same formats): Defuse's generator and "
+                                           "fine-tuning. Without it Defuse is skipped."),
+    groups: Path | None = typer.Option(None, "--groups", "-g", show_default=False, metavar="GROUPS",
+                                       help="Slices of the test set: CSV (one column per slicing) or .npz."),
+    baseline: Path | None = typer.Option(None, "--baseline", "-b", show_default=False, metavar="MODEL",
+                                         help="Another model to compare with slice by slice (flags hidden "
+                                              "regressions)."),
+    ood: Path | None = typer.Option(None, "--ood", show_default=False, metavar="OOD",
+                                    help="Out-of-distribution images (default: generated shapes and noise)."),
+    labels: Path | None = typer.Option(None, "--labels", show_default=False, metavar="labels.csv",
+                                       help="Filled-in Defuse labels from a first audit: fine-tunes the model on the "
+                                            "labelled regions and verifies the fix (needs --force to reuse --out)."),
+    steps: str = typer.Option(",".join(("reliability", "robustness", "defuse", "slices")), "--steps",
+                              help="Comma-separated steps to run."),
+    max_risk: float = typer.Option(0.02, "--max-risk", help="Largest acceptable error rate on answered inputs."),
+    severities: str = typer.Option("1,3,5", "--severities", help="Comma-separated shift severities in 1..5."),
+    shifts: str | None = typer.Option(None, "--shifts", show_default=False,
+                                      help="Comma-separated shift names (default: every corruption and cue shift)."),
+    image_size: str | None = typer.Option(None, "--image-size", show_default=False, metavar="HxW",
+                                          help="Resize image-folder images to this size (e.g. 32x32)."),
+    db: str | None = typer.Option(None, "--db", show_default=False,
+                                  help="Run store: a SQLite file or an SQLAlchemy URL (postgresql://...). Default: "
+                                       "$FAILSIGHT_DB, else failsight-runs.db beside --out."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Record the run in the run store."),
+    name: str | None = typer.Option(None, "--name", show_default=False, help="Name of the run in the store."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
+    force: bool = typer.Option(False, "--force", "-f", help="Reuse an existing --out (overwrites its files)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Audit a model on your data with every pillar the inputs allow, and record the run.
+
+    Reliability (calibration with intervals, calibrators, a risk-guaranteed threshold), robustness (corruptions
+    and shifts, detection, OOD), Defuse (misclassification regions to label; with --labels, the fix and its
+    check) and per-slice accuracy (with --baseline, hidden regressions). Steps that cannot run with what was
+    given are skipped with the reason in the report.
+
+    Example: failsight audit --model cnn.pt --test test.npz --calibration val.npz --train train.npz --out audit
+    """
+    from failsight._validate import FailsightInputError
+    from failsight.auditing import audit as run_audit
+    from failsight.auditing.core import REPORT_NAME, RESULTS_NAME, default_store
+    from failsight.datasets.io import load_data
+    from failsight.models.adapters import load_model
+    from failsight.report.html import check_writable
+
+    progress = not quiet and sys.stderr.isatty()
+    try:
+        check_writable([out / REPORT_NAME, out / RESULTS_NAME], force)
+        if labels is not None and not labels.is_file():
+            raise FailsightInputError(f"labels file {labels} does not exist; run the audit without --labels first, "
+                                      "fill in OUT/regions/labels.csv, then pass it.")
+        size = _image_size(image_size)
+        step_list = [s.strip() for s in steps.split(",") if s.strip()]
+        sev = _int_list(severities, "--severities")
+        net = load_model(model)
+        base = load_model(baseline) if baseline is not None else None
+
+        def read(p: Path | None, what: str, need_labels: bool = True) -> Any:
+            return None if p is None else load_data(p, what=what, require_labels=need_labels, image_size=size)
+
+        generator = regions = None
+        if labels is not None:  # the generator and regions the labels file was written for
+            generator = out / "generator.pt" if (out / "generator.pt").is_file() else None
+            regions = out / "regions" / "regions.npz" if (out / "regions" / "regions.npz").is_file() else None
+        res = run_audit(net, read(test, "test"), calibration=read(calibration, "calibration"),
+                        train=read(train, "train"), groups=groups, baseline=base, ood=read(ood, "ood", False),
+                        steps=step_list, seed=seed, max_risk=max_risk, severities=sev, labels=labels,
+                        shifts=None if shifts is None else [s.strip() for s in shifts.split(",") if s.strip()],
+                        generator=generator, regions=regions, progress=progress)
+        paths = res.write(out, force=force)
+        run = res.record(db or default_store(out), name=name, report_path=str(paths["report"].resolve())) \
+            if record else None
+    except FailsightInputError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(res.summary())
+    if "labels" in paths:
+        typer.echo(f"Label the Defuse regions in {paths['labels'].resolve()} (a class or 'discard' per row), then "
+                   "rerun with --labels that file --force to fix and verify.")
+    if run is not None:
+        typer.echo(f"recorded as run {run.id} in {db or default_store(out)} (failsight runs list / compare).")
+    typer.echo(f"done in {res.seconds:.0f} s. Report: {paths['report'].resolve()}")
+
+
+def _image_size(text: str | None) -> tuple[int, int] | None:
+    """Parse "32x32" (or "32") into (32, 32)."""
+    from failsight._validate import FailsightInputError
+
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        raise FailsightInputError(f"--image-size must look like 32x32, got {text!r}.") from None
+    if len(hw) == 1:
+        hw = (hw[0], hw[0])
+    if len(hw) != 2 or min(hw) < 1:
+        raise FailsightInputError(f"--image-size must look like 32x32, got {text!r}.")
+    return hw  # type: ignore[return-value]
+
+
 @app.command(short_help="Shapes x colours ablation study: per-slice learning curves and regression flags.")
 def study(
     name: str = typer.Argument("shapes-colors", help="Study to run (only 'shapes-colors' for now)."),
@@ -499,3 +618,6 @@ def study(
         _fail(str(exc))
         return
     typer.echo(f"done in {res.seconds / 60:.1f} min. Report: {report_path.resolve()}")
+
+
+_mount_runs()

@@ -1,12 +1,13 @@
-"""``failsight demo``: train a small CNN on the bundled digits, run every pillar, write one report.
+"""``failsight demo``: train a small CNN on the bundled digits, audit it with every pillar, write one report.
 
 Everything runs on the CPU from data shipped with scikit-learn (no download) or generated here. The
 steps live in library functions; this module only wires them together and hands the report and the
 JSON results to the report layer for writing.
 
-Steps (``steps=``): ``reliability`` (calibration, calibrators, selective prediction on the digits CNN),
-``robustness`` (corruptions and cue shifts, shift and OOD detection), ``defuse`` (a planted bug found
-and fixed with an oracle labeller) and ``study`` (the shapes × colours ablation study, ``demo`` preset).
+Steps (``steps=``): the audit's ``reliability`` (calibration, calibrators, selective prediction),
+``robustness`` (corruptions and cue shifts, shift and OOD detection), ``defuse`` (regions of the real CNN to
+label, plus a planted bug found and fixed with an oracle labeller) and ``slices`` (class, ink and width
+slices against a half-width baseline), then ``study`` (the shapes × colours ablation study, ``demo`` preset).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ __all__ = ["DEMO_STEPS", "DemoResult", "run_demo"]
 
 REPORT_NAME = "report.html"
 RESULTS_NAME = "results.json"
-#: Steps of the demo, in report order.
-DEMO_STEPS = ("reliability", "robustness", "defuse", "study")
+#: Steps of the demo, in report order: the four audit steps, then the shapes × colours study.
+DEMO_STEPS = ("reliability", "robustness", "defuse", "slices", "study")
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoResult(Result):
-    """Where the demo wrote its files, its headline numbers and each step's result and time."""
+    """Where the demo wrote its files, its headline numbers and each step's result and time.
+
+    ``audit`` is the :class:`~failsight.auditing.AuditResult` of the digits CNN (``analysis`` its reliability
+    part, kept for callers of earlier versions); ``defuse`` the planted-bug run; ``study`` the shapes × colours
+    study; ``run_id`` the run's id in the run store (``None`` when not recorded)."""
 
     out_dir: str
     report_path: str
@@ -39,8 +44,11 @@ class DemoResult(Result):
     seconds: float
     training_seconds: float
     step_seconds: dict[str, float]
-    analysis: Any = dataclasses.field(repr=False, metadata={"exclude_json": True})
-    history: Any = dataclasses.field(repr=False, metadata={"exclude_json": True})
+    run_id: Any = None
+    db: str | None = None
+    audit: Any = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
+    analysis: Any = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
+    history: Any = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
     robustness: Any = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
     defuse: Any = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
     study: Any = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
@@ -54,6 +62,26 @@ def _check_steps(steps: Any) -> tuple[str, ...]:
             f"demo steps must include 'reliability' and come from {', '.join(DEMO_STEPS)}; got {', '.join(steps)}."
         )
     return tuple(s for s in DEMO_STEPS if s in steps)
+
+
+def digit_groups(x: Any, x_reference: Any) -> dict[str, Any]:
+    """Two natural slicings of digit images ``(n, 1, 8, 8)``: ``ink`` (total intensity: light / medium /
+    heavy strokes) and ``width`` (columns holding ink: narrow / medium / wide), cut at the terciles of
+    ``x_reference`` (the training images), so slices mean the same on every split."""
+    import numpy as np
+
+    def feats(a: Any) -> tuple[Any, Any]:
+        a = np.asarray(a, dtype=np.float32).reshape(len(a), -1, 8, 8).sum(axis=1)
+        return a.sum(axis=(1, 2)), (a.max(axis=1) > 0.25).sum(axis=1)
+
+    ink, wid = feats(x)
+    ink_r, wid_r = feats(x_reference)
+    out = {}
+    for name, v, ref, labels in (("ink", ink, ink_r, ("light", "medium", "heavy")),
+                                 ("width", wid, wid_r, ("narrow", "medium", "wide"))):
+        cuts = np.quantile(ref, [1 / 3, 2 / 3])
+        out[name] = np.asarray(labels)[np.searchsorted(cuts, v, side="right")]
+    return out
 
 
 def run_demo(
@@ -70,21 +98,30 @@ def run_demo(
     n_boot: int = 1000,
     calibrators: Any = None,
     robustness_kwargs: dict[str, Any] | None = None,
+    audit_defuse_kwargs: dict[str, Any] | None = None,
     defuse_kwargs: dict[str, Any] | None = None,
     study_kwargs: dict[str, Any] | None = None,
+    db: str | None = None,
+    record: bool = True,
 ) -> DemoResult:
-    """Run the demo and write ``<out_dir>/report.html`` and ``<out_dir>/results.json``.
+    """Audit a small CNN on the bundled digits with every pillar and write ``<out_dir>/report.html``,
+    ``<out_dir>/results.json`` and ``<out_dir>/regions/`` (the Defuse regions to label).
 
     Loads the digits, splits them (stratified train / calibration / test, fixed ``seed``), trains a
-    :class:`~failsight.models.SmallCNN` (``epochs``, ``width``), then runs each of ``steps``
-    (see :data:`DEMO_STEPS`); ``*_kwargs`` pass options to a step (tests use them for small runs).
-    Refuses to overwrite existing outputs unless ``force`` (checked before any work).
+    :class:`~failsight.models.SmallCNN` (``epochs``, ``width``) and a half-width baseline, then runs
+    :func:`failsight.audit` on the CNN (reliability, robustness, Defuse on the real model, per-slice accuracy by
+    class, ink and width against the baseline), a Defuse run on a planted bug (found, labelled by an oracle,
+    fixed) and the shapes × colours study (``steps`` picks among :data:`DEMO_STEPS`). ``*_kwargs`` pass options
+    to a step (tests use them for small runs). The run is recorded in ``db`` (default ``failsight-runs.db``
+    beside ``out_dir``) unless ``record`` is false. Refuses to overwrite existing outputs unless ``force``
+    (checked before any work).
     """
+    from failsight.auditing import audit
+    from failsight.auditing.core import default_store
+    from failsight.auditing.report import audit_report
     from failsight.datasets.digits import split_digits
-    from failsight.models.cnn import SmallCNN, predict_logits, train_classifier
-    from failsight.reliability.analysis import analyze
-    from failsight.report.html import Report, check_writable, write_json
-    from failsight.report.sections import reliability_section
+    from failsight.models.cnn import SmallCNN, train_classifier
+    from failsight.report.html import check_writable
 
     t0 = time.perf_counter()
     seed = check_int(seed, "seed", minimum=0)
@@ -96,52 +133,45 @@ def run_demo(
 
     data = split_digits(seed=seed, cal_size=0.25, test_size=0.25)
     model = SmallCNN(in_channels=1, n_classes=10, image_size=8, width=width, seed=seed)
+    # tiny models: one thread is fastest, and robust on busy machines
     history = train_classifier(model, data.x_train, data.y_train, epochs=epochs, seed=seed, progress=progress,
-                               num_threads=1)  # tiny model: one thread is fastest, and robust on busy machines
+                               num_threads=1)
+    baseline = None
+    if "slices" in steps:  # "yesterday's model": half the width, same data and recipe
+        baseline = SmallCNN(in_channels=1, n_classes=10, image_size=8, width=max(4, width // 2), seed=seed + 1)
+        train_classifier(baseline, data.x_train, data.y_train, epochs=epochs, seed=seed + 1, progress=progress,
+                         num_threads=1)
     timings["training"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    logits_cal = predict_logits(model, data.x_cal)
-    logits_test = predict_logits(model, data.x_test)
-    analysis = analyze(data.y_test, logits_test, y_cal=data.y_cal, cal=logits_cal, is_logits=True,
-                       max_risk=max_risk, confidence=confidence, n_boot=n_boot, calibrators=calibrators,
-                       seed=seed)
-    timings["reliability"] = time.perf_counter() - t
+    res = audit(model, (data.x_test, data.y_test), calibration=(data.x_cal, data.y_cal),
+                train=(data.x_train, data.y_train), groups=digit_groups(data.x_test, data.x_train),
+                baseline=baseline, steps=[s for s in steps if s != "study"], seed=seed, max_risk=max_risk,
+                confidence=confidence, n_boot=n_boot, calibrators=calibrators,
+                robustness_options={"num_threads": 1, **(robustness_kwargs or {})},
+                defuse_options=audit_defuse_kwargs, progress=progress)
+    timings.update({s.step: s.seconds for s in res.steps if s.ran})
+    timings["audit"] = time.perf_counter() - t
 
     sizes = data.sizes
-    report = Report(
-        title="failsight demo: a small CNN on handwritten digits",
-        subtitle=("Where, why and how this classifier fails. Data: scikit-learn's bundled 8×8 digits "
-                  "(1,797 real images, 10 classes), split into training, calibration and test parts; "
-                  "the partial-failure study uses generated shapes × colours images."),
-        meta={"data": f"digits 8×8 · train {sizes['train']} / cal {sizes['cal']} / test {sizes['test']}",
-              "model": f"SmallCNN (width {width}), {epochs} epochs, {history.seconds:.0f} s",
-              "seed": seed},
-    )
-    report.add(reliability_section(analysis))
-    results: dict[str, Any] = {
+    report = audit_report(
+        res, title="failsight demo: a small CNN on handwritten digits",
+        labeler_note=("Nobody labelled these regions: the demo exports them to regions/labels.csv for you. "
+                      "The planted-bug section below shows the full loop with an oracle labeller."))
+    report.subtitle = ("Where, why and how this classifier fails. Data: scikit-learn's bundled 8×8 digits "
+                       "(1,797 real images, 10 classes), split into training, calibration and test parts; "
+                       "the partial-failure study uses generated shapes × colours images.")
+    report.meta = {"data": f"digits 8×8 · train {sizes['train']} / cal {sizes['cal']} / test {sizes['test']}",
+                   "model": f"SmallCNN (width {width}), {epochs} epochs, {history.seconds:.0f} s",
+                   "baseline": f"SmallCNN (width {max(4, width // 2)})" if baseline is not None else "none",
+                   "seed": seed}
+    extra: dict[str, Any] = {
         "failsight_version": __version__,
         "demo": {"seed": seed, "steps": steps, "epochs": epochs, "width": width, "max_risk": max_risk,
                  "confidence": confidence, "n_boot": n_boot},
         "data": {"name": "sklearn digits", "sizes": sizes, "split": data},
         "training": history,
-        "reliability": analysis,
     }
-
-    rob = None
-    if "robustness" in steps:
-        from failsight.robustness.analysis import analyze_robustness, synthetic_ood_images
-        from failsight.robustness.report import robustness_section
-
-        t = time.perf_counter()
-        # OOD: generated shapes (grey, 8x8) and uniform noise; reference: the calibration split
-        x_ood = synthetic_ood_images(len(data.y_test), image_size=8, channels=1, seed=seed)
-        rob = analyze_robustness(model, data.x_test, data.y_test, severities=(1, 3, 5), x_reference=data.x_cal,
-                                 y_reference=data.y_cal, x_ood=x_ood, seed=seed, num_threads=1, progress=progress,
-                                 **(robustness_kwargs or {}))
-        report.add(robustness_section(rob))
-        results["robustness"] = rob
-        timings["robustness"] = time.perf_counter() - t
 
     dfs = None
     if "defuse" in steps:
@@ -151,10 +181,11 @@ def run_demo(
         t = time.perf_counter()
         dfs = run_planted_bug(data, seed=seed, progress=progress, **(defuse_kwargs or {}))
         report.add(_planted_notes(defuse_section(
-            dfs.result, labeler_note="Regions were labelled by an oracle (an ensemble of 3 CNNs trained on the "
-            "correct labels), standing in for a person."), dfs))
-        results["defuse"] = dfs
-        timings["defuse"] = time.perf_counter() - t
+            dfs.result, title="Defuse on a planted bug: found, labelled, fixed", section_id="defuse-planted",
+            labeler_note="Regions were labelled by an oracle (an ensemble of CNNs trained on the correct labels), "
+            "standing in for a person."), dfs))
+        extra["defuse_planted"] = dfs
+        timings["defuse_planted"] = time.perf_counter() - t
 
     std = None
     if "study" in steps:
@@ -165,17 +196,22 @@ def run_demo(
         opts = {"grid": "demo", **(study_kwargs or {})}
         std = run_study(opts.pop("grid"), progress=progress, **opts)
         report.add(study_section(std))
-        results["study"] = std
+        extra["study"] = std
         timings["study"] = time.perf_counter() - t
 
-    results["timings"] = timings
-    report.write(report_path, force=force)
-    write_json(results_path, results, force=force)
+    extra["timings"] = timings
+    paths = res.write(out, force=force, report=report, extra=extra)
+    run = None
+    store = db or default_store(out)
+    if record:
+        run = res.record(store, name=f"demo seed {seed}", report_path=str(paths["report"].resolve()))
     return DemoResult(
         out_dir=str(out), report_path=str(report_path), results_path=str(results_path),
-        test_accuracy=analysis.accuracy, seconds=time.perf_counter() - t0, training_seconds=history.seconds,
-        step_seconds=timings, analysis=analysis, history=history, robustness=rob, defuse=dfs, study=std,
+        test_accuracy=res.reliability.accuracy, seconds=time.perf_counter() - t0, training_seconds=history.seconds,
+        step_seconds=timings, run_id=None if run is None else run.id, db=store if record else None, audit=res,
+        analysis=res.reliability, history=history, robustness=res.robustness, defuse=dfs, study=std,
     )
+
 
 
 def _planted_notes(section: Any, run: Any) -> Any:

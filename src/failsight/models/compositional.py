@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from failsight._threads import limit_threads
 from failsight._validate import FailsightInputError, as_float_array, check_int, check_labels
 from failsight.models.cnn import _progress
 from failsight.types import Result
@@ -284,20 +285,10 @@ def compose_predictions(shape_pred: Any, color_pred: Any, n_colors: int) -> np.n
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: leave the setting), restoring it after.
-
-    On a shared or oversubscribed CPU one thread per process is often several times faster than more.
-    """
-    if n is None:
+    """Run the block with ``n`` torch (and BLAS) threads (``None``: leave the setting), restoring it after;
+    see :func:`failsight._threads.limit_threads`."""
+    with limit_threads(None if n is None else check_int(n, "num_threads")):
         yield
-        return
-    n = check_int(n, "num_threads")
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _check_model(model: Any) -> CompositionalNet:

@@ -24,15 +24,15 @@ corruptions and cue shifts at severities 1, 3, 5 takes seconds on two cores; the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from failsight._threads import limit_threads
 from failsight._validate import (
     FailsightInputError,
     check_consistent_length,
@@ -252,24 +252,6 @@ def _check_sizes(sizes: Any) -> tuple[int, ...]:
             )
         out.append(int(s))
     return tuple(sorted(set(out)))
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Limit torch and BLAS threads to ``n`` for the duration (restored afterwards); no-op for None."""
-    if n is None:
-        yield
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(n):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _progress(enabled: bool, label: str):
@@ -741,7 +723,7 @@ def analyze_robustness(
                         lambda _m, inp: tap._captured.append(inp[0].detach().float().cpu()))
                 except (RuntimeError, AttributeError):  # scripted modules may refuse hooks
                     tap.has_features = False
-        with _threads(num_threads):
+        with limit_threads(num_threads):
             # 1. evaluation table, recording outputs --------------------------------------------------
             t0 = time.perf_counter()
             tap.start(n, feature_conditions, pool)
