@@ -48,6 +48,25 @@ def test_power_on_a_clear_shift(method):
     assert hits == 10
 
 
+def _softmax_like(rng, n, k=10):
+    """Confident softmax outputs of a k-class model (dependent dimensions on the simplex)."""
+    y = rng.integers(0, k, n)
+    z = rng.normal(0.0, 1.5, (n, k))
+    z[np.arange(n), y] += 6.0
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_bbsd_default_size_holds_at_ten_new_samples():
+    # the default (KS + Bonferroni over 10 dependent softmax dimensions) keeps its size near alpha even for
+    # 10 new samples: 600 null trials, binomial sd ~0.009 at 0.045
+    rng = np.random.default_rng(11)
+    trials = 600
+    hits = sum(detect_shift(_softmax_like(rng, 100), _softmax_like(rng, 10)).is_shift for _ in range(trials))
+    assert 0.02 <= hits / trials <= 0.08, hits / trials
+
+
 def test_bbsd_matches_per_dimension_ks_with_bonferroni():
     rng = np.random.default_rng(0)
     x = rng.dirichlet(np.ones(4), size=80)

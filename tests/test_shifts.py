@@ -385,7 +385,9 @@ def test_pixelate_matches_pil_box_then_nearest(size):
 def test_pixelate_is_piecewise_constant_in_blocks():
     x = torch.rand(2, 3, 40, 40)
     y = S.corrupt(x, "pixelate", 3)  # factor 0.4: 16 blocks per axis
-    ids = (2 * torch.arange(40) + 1) * 16 // 80
+    from failsight.robustness._corruptions import _blocks
+
+    ids = _blocks(40, 16)[2]  # PIL's NEAREST map (its float arithmetic, not the integer (2i+1)m//2n formula)
     for b in range(16):
         for a in range(16):
             blk = y[:, :, ids == b][:, :, :, ids == a]

@@ -328,23 +328,39 @@ def elastic_transform(x: torch.Tensor, severity: int, g: torch.Generator) -> tor
 
 @lru_cache(maxsize=64)
 def _blocks(length: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """PIL's maps between ``length`` pixels and ``m`` cells, in exact integer arithmetic.
+    """PIL's maps between ``length`` pixels and ``m < length`` cells, reproduced bit for bit.
 
-    BOX (downsizing) averages pixel i into cell ``ceil((i + .5) m / L) - 1``: returns each cell's
-    first pixel and pixel count. NEAREST (upsizing) reads cell ``floor((i + .5) m / L)`` for pixel i:
-    returned as an index, plus whether torch's 'nearest-exact' interpolation computes the same map.
+    BOX (downsizing, Pillow's ``precompute_coeffs``): cell c averages the run of pixels where the box
+    filter is 1 around its centre ``(c + .5) L / m``, computed in double precision as Pillow does — so
+    where a cell edge falls exactly on a pixel centre, rounding decides, and a pixel may belong to two
+    neighbouring cells. Returns each cell's first pixel and pixel count (int64 ``(m,)``). NEAREST
+    (upsizing, Pillow's ``ImagingScaleAffine``): pixel i reads cell ``int(x_i)`` with
+    ``x_0 = .5 m / L`` and ``x_{i+1} = x_i + m / L`` accumulated in double (int64 ``(L,)``), plus whether
+    torch's 'nearest-exact' interpolation computes the same map.
     """
-    i2 = 2 * torch.arange(length, dtype=torch.int64) + 1
-    box = -((-i2 * m) // (2 * length)) - 1
-    counts = torch.bincount(box, minlength=m)
-    near = (i2 * m) // (2 * length)
+    scale = float(length) / m  # Pillow: (double)(in1 - in0) / outSize, filterscale = max(scale, 1)
+    support = 0.5 * max(scale, 1.0)  # box filter support 0.5
+    ss = 1.0 / max(scale, 1.0)
+    starts, counts = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64)
+    for c in range(m):  # m cells, once per (length, m): cached
+        center = (c + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), length)
+        t = (np.arange(xmin, xmax, dtype=np.float64) - center + 0.5) * ss
+        inside = np.flatnonzero((t > -0.5) & (t <= 0.5))  # Pillow's box_filter; a contiguous run
+        starts[c], counts[c] = xmin + inside[0], len(inside)
+    a = float(m) / length
+    steps = np.full(length, a)
+    steps[0] = a * 0.5
+    near = np.cumsum(steps).astype(np.int64)  # sequential double sums, truncated (coordinates >= 0)
+    near_t = torch.from_numpy(near)
     probe = torch.arange(m, dtype=torch.float32).view(1, 1, 1, m)
     torch_map = F.interpolate(probe, size=(1, length), mode="nearest-exact").view(-1).long()
-    return torch.cumsum(counts, 0) - counts, counts, near, bool(torch.equal(torch_map, near))
+    return (torch.from_numpy(starts), torch.from_numpy(counts), near_t, bool(torch.equal(torch_map, near_t)))
 
 
 def _block_sums(x: torch.Tensor, dim: int, m: int) -> torch.Tensor:
-    """Sums over PIL's ``m`` BOX cells along ``dim`` (contiguous runs of ``q`` or ``q + 1`` pixels)."""
+    """Sums over PIL's ``m`` BOX cells along ``dim`` (contiguous runs of about ``L / m`` pixels)."""
     starts, counts, _, _ = _blocks(x.shape[dim], m)
     starts, counts = starts.to(x.device), counts.to(x.device)
     out = x.index_select(dim, starts)
@@ -363,10 +379,10 @@ def _block_sums(x: torch.Tensor, dim: int, m: int) -> torch.Tensor:
 @lru_cache(maxsize=64)
 def _row_operator(length: int, m: int) -> torch.Tensor:
     """``(L, L)`` matrix of BOX-average-then-NEAREST along one axis: ``row @ op.T`` pixelates a row."""
-    _, counts, near, _ = _blocks(length, m)
-    cell = torch.repeat_interleave(torch.arange(m), counts)
+    starts, counts, near, _ = _blocks(length, m)
     down = torch.zeros(m, length, dtype=torch.float64)
-    down[cell, torch.arange(length)] = 1.0 / counts[cell].double()
+    for c in range(m):  # cells may share a border pixel (see _blocks): fill each run on its own
+        down[c, int(starts[c]):int(starts[c] + counts[c])] = 1.0 / float(counts[c])
     return down[near].float()  # row i averages the BOX cell NEAREST maps pixel i to
 
 
@@ -391,18 +407,30 @@ def _row_tiles(length: int, m: int, target: int = 32) -> tuple[tuple[int, int, t
     return tuple(tiles)
 
 
+@lru_cache(maxsize=64)
+def _blocks_np(length: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_blocks` as int64 numpy arrays for the numba kernel: cell starts, cell counts, NEAREST map."""
+    starts, counts, near, _ = _blocks(length, m)
+    return starts.numpy().copy(), counts.numpy().copy(), near.numpy().copy()
+
+
 @_writes_out
 def pixelate(x: torch.Tensor, severity: int, g: torch.Generator,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """PIL ``resize(int(size * c), BOX)`` then ``resize(size, NEAREST)``, per channel, in float.
 
     The output is piecewise constant: each pixel holds the mean of the BOX cell NEAREST maps it to.
-    Rows are first summed per cell (row gathers); along W, averaging and expansion are one GEMM with
-    the per-axis operator (split into ~32-pixel diagonal blocks for wide images).
+    On CPU one numba pass per plane: each used cell row's input rows are summed once, averaged per
+    cell along W, expanded by the NEAREST map and written to the output rows that read it. Elsewhere
+    (torch): rows are first summed per cell (row gathers); along W, averaging and expansion are one GEMM
+    with the per-axis operator (split into ~32-pixel diagonal blocks for wide images).
     """
     c = _p("pixelate", severity)
     h, w = x.shape[-2:]
     mh, mw = max(1, int(h * c)), max(1, int(w * c))
+    dest = _dest(x, out)
+    if ops.numba_ok(x, dest):
+        return ops.pixelate_numba(x, dest, *_blocks_np(h, mh), *_blocks_np(w, mw))
     _, cnt_h, near_h, _ = _blocks(h, mh)
     rows = _block_sums(x, 2, mh)  # (N, C, mh, W) sums over each cell's rows
     inv_h = (1.0 / cnt_h.to(x.device, x.dtype)).view(-1, 1)
@@ -414,7 +442,7 @@ def pixelate(x: torch.Tensor, severity: int, g: torch.Generator,
         for a, b, blk in _row_tiles(w, mw):
             w2[:, a:b] = r2[:, a:b] @ blk.to(x.device)
     wide.mul_(inv_h)
-    return torch.index_select(wide, 2, near_h.to(x.device), out=_dest(x, out))
+    return torch.index_select(wide, 2, near_h.to(x.device), out=dest)
 
 
 @_writes_out

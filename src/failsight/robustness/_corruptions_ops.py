@@ -3,16 +3,35 @@
 Every function takes float32 images ``(N, C, H, W)`` (values in [0, 1] unless noted), never modifies its
 input in place and is vectorised over the batch: Python loops only run over a handful of kernel taps,
 zoom factors or fractal levels. Randomness comes from the ``torch.Generator`` that is passed in.
+JPEG and pixelate, whose torch forms are dominated by memory traffic, also have numba kernels that do
+each image in one cache-resident pass on CPU (used when numba is importable; same results).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+try:  # numba is a declared dependency; the torch paths keep everything working without it
+    from numba import njit
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - numba is a dependency; FAILSIGHT_DISABLE_NUMBA tests the same paths
+    HAVE_NUMBA = False
+
+#: Run JPEG and pixelate through the numba kernels on CPU (environment variable FAILSIGHT_DISABLE_NUMBA=1
+#: forces the torch paths, which are also used on other devices).
+USE_NUMBA: bool = HAVE_NUMBA and not os.environ.get("FAILSIGHT_DISABLE_NUMBA")
 
 #: ITU-R BT.601 luma weights (what OpenCV's RGB2GRAY and JPEG use).
 LUMA = (0.299, 0.587, 0.114)
@@ -499,9 +518,12 @@ def jpeg(x: torch.Tensor, quality: int, subsampling: bool = True, out: torch.Ten
     down, libjpeg's 'fancy' triangle upsampling = bilinear with half-pixel centres) when
     ``subsampling``; edges padded by replication to whole blocks. Grayscale images are coded as
     luminance only (as PIL does for mode 'L'). The decoded image is clipped to [0, 1], not rounded to
-    8-bit levels. Each block transform (DCT, quantiser scaling, level shift) is one GEMM.
+    8-bit levels. On CPU (float32, contiguous) this runs as one numba kernel per image (see
+    :func:`jpeg_numba`); elsewhere each block transform (DCT, quantiser scaling, level shift) is one GEMM.
     """
     n, c, h, w = x.shape
+    if numba_ok(x) and (out is None or numba_ok(out)):
+        return jpeg_numba(x, quality, subsampling, torch.empty_like(x) if out is None else out)
     mult = 16 if (subsampling and c == 3) else 8
     hp, wp = h + (-h) % mult, w + (-w) % mult
     xp = F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else x
@@ -557,6 +579,360 @@ def fancy_upsample2(c: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
     torch.lerp(wide[:, :-1], wide[:, 1:], 0.25, out=od[:, :-1])
     ev[:, 0], od[:, -1] = wide[:, 0], wide[:, -1]
     return tall.view(m, 2 * h, 2 * w)
+
+
+# --------------------------------------------------------------------------------------------------------
+# numba kernels for CPU: JPEG and pixelate, one image (or plane) at a time, all work in cache
+#
+# Same arithmetic as the torch paths (float32, same tables and colour matrices); they differ from them only
+# where a coefficient lands on a rounding tie (here half-up, libjpeg's float rule; torch rounds half-even).
+# Kernels take a range ``lo..hi`` of images/planes so :func:`run_split` can hand ranges to threads.
+# --------------------------------------------------------------------------------------------------------
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
+
+
+def run_split(kernel: Callable[..., Any], total: int, item_values: int, *args: Any) -> None:
+    """Call ``kernel(*args, lo, hi)`` over ranges covering ``range(total)``.
+
+    Uses up to ``torch.get_num_threads()`` threads (the kernels release the GIL), giving each thread at
+    least ~2^17 values of work (``item_values`` per item); results never depend on the split.
+    """
+    per = max(1, -(-(1 << 17) // max(1, item_values)))
+    threads = min(torch.get_num_threads(), total // per)
+    if threads <= 1:
+        kernel(*args, 0, total)
+        return
+    global _POOL, _POOL_SIZE
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE < threads:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="failsight-img")
+            _POOL_SIZE = threads
+        pool = _POOL
+    bounds = [total * t // threads for t in range(threads + 1)]
+    for f in [pool.submit(kernel, *args, a, b) for a, b in itertools.pairwise(bounds)]:
+        f.result()
+
+
+def numba_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the numba kernels can work on these tensors in place (CPU, float32, C-contiguous)."""
+    return USE_NUMBA and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+                             for t in tensors)
+
+
+@lru_cache(maxsize=64)
+def _nb_quant_tiles(quality: int, chroma: bool, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiser tables in the kernels' transposed block layout, tiled over ``width`` columns.
+
+    Entry ``[l, 8 b + k]`` belongs to coefficient ``(k, l)`` (vertical, horizontal frequency): ``1 / Q``
+    (forward, pixel values in 0..255 units) and ``Q / 255`` (inverse, back to [0, 1] units).
+    """
+    qt = np.tile(quant_table(quality, chroma).T, (1, width // 8))
+    return (1.0 / qt).astype(np.float32), (qt / 255.0).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _nb_colour() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 DCT matrix ``(8, 8)``, RGB -> YCbCr rows ``(3, 3)`` and YCbCr -> RGB chroma columns ``(3, 2)``."""
+    return (_dct_matrix().numpy().astype(np.float32), _RGB2YCC.numpy().astype(np.float32),
+            _YCC2RGB_C.numpy().astype(np.float32))
+
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, fastmath=True, nogil=True, inline="always")
+    def _nb_fdct_rows(src, dst, m, w):  # pragma: no cover - compiled
+        # dst[k, j] = sum_r m[k, r] src[r, j] (8-point DCT down each column of an 8-row strip), with the
+        # even/odd butterflies of the DCT's symmetry m[k, 7 - r] = (-1)^k m[k, r]; vectorised over j
+        e00, e01, e02, e03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
+        e20, e21, e22, e23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
+        e40, e41, e42, e43 = m[4, 0], m[4, 1], m[4, 2], m[4, 3]
+        e60, e61, e62, e63 = m[6, 0], m[6, 1], m[6, 2], m[6, 3]
+        o10, o11, o12, o13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
+        o30, o31, o32, o33 = m[3, 0], m[3, 1], m[3, 2], m[3, 3]
+        o50, o51, o52, o53 = m[5, 0], m[5, 1], m[5, 2], m[5, 3]
+        o70, o71, o72, o73 = m[7, 0], m[7, 1], m[7, 2], m[7, 3]
+        for j in range(w):
+            s0 = src[0, j] + src[7, j]
+            d0 = src[0, j] - src[7, j]
+            s1 = src[1, j] + src[6, j]
+            d1 = src[1, j] - src[6, j]
+            s2 = src[2, j] + src[5, j]
+            d2 = src[2, j] - src[5, j]
+            s3 = src[3, j] + src[4, j]
+            d3 = src[3, j] - src[4, j]
+            dst[0, j] = e00 * s0 + e01 * s1 + e02 * s2 + e03 * s3
+            dst[2, j] = e20 * s0 + e21 * s1 + e22 * s2 + e23 * s3
+            dst[4, j] = e40 * s0 + e41 * s1 + e42 * s2 + e43 * s3
+            dst[6, j] = e60 * s0 + e61 * s1 + e62 * s2 + e63 * s3
+            dst[1, j] = o10 * d0 + o11 * d1 + o12 * d2 + o13 * d3
+            dst[3, j] = o30 * d0 + o31 * d1 + o32 * d2 + o33 * d3
+            dst[5, j] = o50 * d0 + o51 * d1 + o52 * d2 + o53 * d3
+            dst[7, j] = o70 * d0 + o71 * d1 + o72 * d2 + o73 * d3
+
+    @njit(cache=True, fastmath=True, nogil=True, inline="always")
+    def _nb_idct_rows(src, dst, m, w):  # pragma: no cover - compiled
+        # inverse of _nb_fdct_rows: dst[r, j] = sum_k m[k, r] src[k, j]
+        e00, e01, e02, e03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
+        e20, e21, e22, e23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
+        e40, e41, e42, e43 = m[4, 0], m[4, 1], m[4, 2], m[4, 3]
+        e60, e61, e62, e63 = m[6, 0], m[6, 1], m[6, 2], m[6, 3]
+        o10, o11, o12, o13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
+        o30, o31, o32, o33 = m[3, 0], m[3, 1], m[3, 2], m[3, 3]
+        o50, o51, o52, o53 = m[5, 0], m[5, 1], m[5, 2], m[5, 3]
+        o70, o71, o72, o73 = m[7, 0], m[7, 1], m[7, 2], m[7, 3]
+        for j in range(w):
+            c0, c2, c4, c6 = src[0, j], src[2, j], src[4, j], src[6, j]
+            c1, c3, c5, c7 = src[1, j], src[3, j], src[5, j], src[7, j]
+            ev0 = e00 * c0 + e20 * c2 + e40 * c4 + e60 * c6
+            ev1 = e01 * c0 + e21 * c2 + e41 * c4 + e61 * c6
+            ev2 = e02 * c0 + e22 * c2 + e42 * c4 + e62 * c6
+            ev3 = e03 * c0 + e23 * c2 + e43 * c4 + e63 * c6
+            od0 = o10 * c1 + o30 * c3 + o50 * c5 + o70 * c7
+            od1 = o11 * c1 + o31 * c3 + o51 * c5 + o71 * c7
+            od2 = o12 * c1 + o32 * c3 + o52 * c5 + o72 * c7
+            od3 = o13 * c1 + o33 * c3 + o53 * c5 + o73 * c7
+            dst[0, j] = ev0 + od0
+            dst[7, j] = ev0 - od0
+            dst[1, j] = ev1 + od1
+            dst[6, j] = ev1 - od1
+            dst[2, j] = ev2 + od2
+            dst[5, j] = ev2 - od2
+            dst[3, j] = ev3 + od3
+            dst[4, j] = ev3 - od3
+
+    @njit(cache=True, fastmath=True, nogil=True, inline="always")
+    def _nb_quantise(c, qi, qd, w):  # pragma: no cover - compiled
+        # round coefficients to the quantiser grid in place (half up, libjpeg's float rule); qi / qd are
+        # the tiled tables of _nb_quant_tiles. One row at a time: a simple loop LLVM vectorises
+        half = np.float32(0.5)
+        for r in range(8):
+            row, a, b = c[r], qi[r], qd[r]
+            for j in range(w):
+                row[j] = np.floor(row[j] * a[j] + half) * b[j]
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _nb_transpose_blocks(src, dst, w):  # pragma: no cover - compiled
+        # transpose every 8×8 block of an 8-row strip: dst[c, 8b + r] = src[r, 8b + c]
+        for b in range(0, w, 8):
+            for r in range(8):
+                for c in range(8):
+                    dst[c, b + r] = src[r, b + c]
+
+    @njit(cache=True, fastmath=True, nogil=True)
+    def _nb_code_plane(p, m, qi, qd, t, u):  # pragma: no cover - compiled
+        # JPEG-code a level-shifted plane (H, W multiples of 8, values in 0..255 units) in place; decoded
+        # values come back in [0, 1] units. One 8-row strip at a time (in L1): DCT down the columns,
+        # transpose the blocks, DCT down the columns again (= along the rows), quantise, and back the same
+        # way. Every pass is a loop over the strip's columns that LLVM vectorises (8 floats per step).
+        hp, wp = p.shape
+        for s in range(0, hp, 8):
+            strip = p[s:s + 8]
+            _nb_fdct_rows(strip, t, m, wp)
+            _nb_transpose_blocks(t, u, wp)
+            _nb_fdct_rows(u, t, m, wp)
+            _nb_quantise(t, qi, qd, wp)
+            _nb_idct_rows(t, u, m, wp)
+            _nb_transpose_blocks(u, t, wp)
+            _nb_idct_rows(t, strip, m, wp)
+
+    @njit(cache=True, fastmath=True, nogil=True, inline="always")
+    def _nb_fill_plane(x, i, p, wts, off, h, w):  # pragma: no cover - compiled
+        # p[y, x] = sum_c wts[c] * img[c, y, x] + off over the padded plane (edges replicated)
+        hp, wp = p.shape
+        nc = x.shape[1]
+        for yy in range(hp):
+            ys = min(yy, h - 1)
+            row = p[yy]
+            if nc == 1:
+                a = x[i, 0, ys]
+                w0 = wts[0]
+                for xx in range(w):
+                    row[xx] = w0 * a[xx] + off
+            else:
+                a, b, c = x[i, 0, ys], x[i, 1, ys], x[i, 2, ys]
+                w0, w1, w2 = wts[0], wts[1], wts[2]
+                for xx in range(w):
+                    row[xx] = w0 * a[xx] + w1 * b[xx] + w2 * c[xx] + off
+            for xx in range(w, wp):
+                row[xx] = row[w - 1]
+
+    @njit(cache=True, fastmath=True, nogil=True, inline="always")
+    def _nb_pool_chroma(x, i, cb, cr, ycc, h, w, pairs):  # pragma: no cover - compiled
+        # 4:2:0 chroma of image i: 2×2 means of the (edge-replicated, padded) RGB, converted to centred
+        # Cb, Cr in 0..255 units (chroma is linear in RGB, so pooling first is exact)
+        hs, ws = cb.shape
+        w2 = w // 2
+        q = np.float32(63.75)  # 255 / 4: the mean of the 2×2 sums, in 0..255 units (float32 throughout)
+        kb0, kb1, kb2 = q * ycc[1, 0], q * ycc[1, 1], q * ycc[1, 2]
+        kr0, kr1, kr2 = q * ycc[2, 0], q * ycc[2, 1], q * ycc[2, 2]
+        for yy in range(hs):
+            for k in range(2):
+                ys = min(2 * yy + k, h - 1)
+                for ch in range(3):
+                    src = x[i, ch, ys]
+                    dst = pairs[ch, k]
+                    for xx in range(w2):
+                        dst[xx] = src[2 * xx] + src[2 * xx + 1]
+                    for xx in range(w2, ws):  # odd width / padding: replicated last column
+                        dst[xx] = src[min(2 * xx, w - 1)] + src[min(2 * xx + 1, w - 1)]
+            r0, r1, g0, g1 = pairs[0, 0], pairs[0, 1], pairs[1, 0], pairs[1, 1]
+            b0, b1 = pairs[2, 0], pairs[2, 1]
+            rb, rr = cb[yy], cr[yy]
+            for xx in range(ws):
+                r = r0[xx] + r1[xx]
+                g = g0[xx] + g1[xx]
+                b = b0[xx] + b1[xx]
+                rb[xx] = kb0 * r + kb1 * g + kb2 * b
+                rr[xx] = kr0 * r + kr1 * g + kr2 * b
+
+    @njit(cache=True, fastmath=True, nogil=True, inline="always")
+    def _nb_upsample_row(c, yy, v, row):  # pragma: no cover - compiled
+        # libjpeg's 'fancy' h2v2 upsampling of chroma plane c for output row yy: 3/4 nearer + 1/4 farther
+        # sample on each axis, edges replicated (bilinear with half-pixel centres)
+        hs, ws = c.shape
+        ys = yy >> 1
+        nb = min(max(ys - 1 if (yy & 1) == 0 else ys + 1, 0), hs - 1)
+        a, b = c[ys], c[nb]
+        near, far = np.float32(0.75), np.float32(0.25)
+        for xx in range(ws):
+            v[xx] = near * a[xx] + far * b[xx]
+        row[0] = v[0]
+        for xx in range(1, ws):
+            row[2 * xx] = near * v[xx] + far * v[xx - 1]
+        for xx in range(ws - 1):
+            row[2 * xx + 1] = near * v[xx] + far * v[xx + 1]
+        row[2 * ws - 1] = v[ws - 1]
+
+    @njit(cache=True, fastmath=True, nogil=True)
+    def _nb_jpeg(x, out, m, ycc, to_rgb, qiy, qdy, qic, qdc, subsample, lo, hi):  # pragma: no cover
+        # baseline JPEG encode + decode of images lo..hi of x (N, C, H, W) into out (same shape)
+        _, nc, h, w = x.shape
+        mult = 16 if (subsample and nc == 3) else 8
+        hp, wp = h + (-h) % mult, w + (-w) % mult
+        lum = np.empty((hp, wp), np.float32)
+        t = np.empty((8, wp), np.float32)
+        u = np.empty((8, wp), np.float32)
+        lw = np.empty(3, np.float32)
+        for c in range(3):
+            lw[c] = 255.0 * ycc[0, c]
+        if nc == 1:
+            lw[0] = 255.0
+        level, zero, one = np.float32(128.0 / 255.0), np.float32(0.0), np.float32(1.0)
+        shift, nought = np.float32(-128.0), np.float32(0.0)  # float32 constants keep the loops in float32
+        hs, ws = (hp // 2, wp // 2) if (subsample and nc == 3) else (hp, wp)
+        cb = np.empty((hs, ws), np.float32)
+        cr = np.empty((hs, ws), np.float32)
+        pairs = np.empty((3, 2, ws), np.float32)
+        v = np.empty(ws, np.float32)
+        rowb = np.empty(wp, np.float32)
+        rowr = np.empty(wp, np.float32)
+        cbw = np.empty(3, np.float32)
+        crw = np.empty(3, np.float32)
+        for c in range(3):
+            cbw[c] = 255.0 * ycc[1, c]
+            crw[c] = 255.0 * ycc[2, c]
+        rb, gb, gr, br = to_rgb[0, 0], to_rgb[1, 0], to_rgb[1, 1], to_rgb[2, 0]
+        rr, bb = to_rgb[0, 1], to_rgb[2, 1]
+        for i in range(lo, hi):
+            _nb_fill_plane(x, i, lum, lw, shift, h, w)
+            _nb_code_plane(lum, m, qiy, qdy, t, u)
+            if nc == 1:
+                for yy in range(h):
+                    src, dst = lum[yy], out[i, 0, yy]
+                    for xx in range(w):
+                        dst[xx] = min(max(src[xx] + level, zero), one)
+                continue
+            if subsample:
+                _nb_pool_chroma(x, i, cb, cr, ycc, h, w, pairs)
+            else:
+                _nb_fill_plane(x, i, cb, cbw, nought, h, w)
+                _nb_fill_plane(x, i, cr, crw, nought, h, w)
+            _nb_code_plane(cb, m, qic, qdc, t, u)
+            _nb_code_plane(cr, m, qic, qdc, t, u)
+            for yy in range(h):
+                if subsample:
+                    _nb_upsample_row(cb, yy, v, rowb)
+                    _nb_upsample_row(cr, yy, v, rowr)
+                    pb, pr = rowb, rowr
+                else:
+                    pb, pr = cb[yy], cr[yy]
+                ly = lum[yy]
+                o0, o1, o2 = out[i, 0, yy], out[i, 1, yy], out[i, 2, yy]
+                for xx in range(w):
+                    yv = ly[xx] + level
+                    b_, r_ = pb[xx], pr[xx]
+                    o0[xx] = min(max(yv + rb * b_ + rr * r_, zero), one)
+                    o1[xx] = min(max(yv + gb * b_ + gr * r_, zero), one)
+                    o2[xx] = min(max(yv + br * b_ + bb * r_, zero), one)
+
+    @njit(cache=True, fastmath=True, nogil=True)
+    def _nb_pixelate(x, out, start_h, cnt_h, near_h, start_w, cnt_w, near_w, lo, hi):  # pragma: no cover
+        # planes lo..hi of x (P, H, W): out[i, j] = mean of the BOX cell (near_h[i], near_w[j]), where cell
+        # (r, c) covers rows start_h[r] + (0..cnt_h[r]) and columns start_w[c] + (0..cnt_w[c]). One read of
+        # the rows each used cell covers, one write of the output
+        _, h, w = x.shape
+        mw = start_w.shape[0]
+        rowsum = np.empty(w, np.float32)
+        cells = np.empty(mw, np.float32)
+        row = np.empty(w, np.float32)
+        for p in range(lo, hi):
+            src, dst = x[p], out[p]
+            prev = -1
+            for i in range(h):
+                r = near_h[i]
+                if r != prev:  # near_h is nondecreasing: each cell row is computed once
+                    s0, k = start_h[r], cnt_h[r]
+                    a = src[s0]
+                    for j in range(w):
+                        rowsum[j] = a[j]
+                    for t in range(1, k):
+                        b = src[s0 + t]
+                        for j in range(w):
+                            rowsum[j] += b[j]
+                    inv_h = 1.0 / k
+                    for c in range(mw):
+                        acc = 0.0
+                        for j in range(start_w[c], start_w[c] + cnt_w[c]):
+                            acc += rowsum[j]
+                        cells[c] = acc * (inv_h / cnt_w[c])
+                    for j in range(w):
+                        row[j] = cells[near_w[j]]
+                    prev = r
+                d = dst[i]
+                for j in range(w):
+                    d[j] = row[j]
+
+
+def jpeg_numba(x: torch.Tensor, quality: int, subsampling: bool, out: torch.Tensor) -> torch.Tensor:
+    """:func:`jpeg` on CPU float32 contiguous ``x`` into ``out`` (same shape) with the numba kernel."""
+    n, c, h, w = x.shape
+    mult = 16 if (subsampling and c == 3) else 8
+    wp = w + (-w) % mult
+    m, ycc, to_rgb = _nb_colour()
+    qiy, qdy = _nb_quant_tiles(int(quality), False, wp)
+    wc = wp // 2 if (subsampling and c == 3) else wp
+    qic, qdc = _nb_quant_tiles(int(quality), True, wc)
+    run_split(_nb_jpeg, n, c * h * w, x.detach().numpy(), out.detach().numpy(), m, ycc, to_rgb,
+              qiy, qdy, qic, qdc, bool(subsampling))
+    return out
+
+
+def pixelate_numba(x: torch.Tensor, out: torch.Tensor, start_h: np.ndarray, cnt_h: np.ndarray,
+                   near_h: np.ndarray, start_w: np.ndarray, cnt_w: np.ndarray, near_w: np.ndarray) -> torch.Tensor:
+    """Piecewise-constant BOX-mean / NEAREST image ``out`` of CPU float32 contiguous ``x`` ``(N, C, H, W)``.
+
+    Index arrays (int64): BOX cells along H (``start_h``, ``cnt_h``, ``(mh,)``) and W (``(mw,)``), and the
+    cell NEAREST reads for each output row ``near_h (H,)`` (nondecreasing) and column ``near_w (W,)``.
+    """
+    n, c, h, w = x.shape
+    run_split(_nb_pixelate, n * c, h * w, x.detach().numpy().reshape(n * c, h, w),
+              out.detach().numpy().reshape(n * c, h, w), start_h, cnt_h, near_h, start_w, cnt_w, near_w)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------
