@@ -114,8 +114,23 @@ def run_demo(
     fixed) and the shapes × colours study (``steps`` picks among :data:`DEMO_STEPS`). ``*_kwargs`` pass options
     to a step (tests use them for small runs). The run is recorded in ``db`` (default ``failsight-runs.db``
     beside ``out_dir``) unless ``record`` is false. Refuses to overwrite existing outputs unless ``force``
-    (checked before any work).
+    (checked before any work). Runs on one torch thread: fastest for these small networks, and robust on a
+    busy machine.
     """
+    from failsight._threads import limit_threads
+
+    with limit_threads(1):
+        return _run_demo(out_dir, seed=seed, force=force, progress=progress, steps=steps, epochs=epochs, width=width,
+                         max_risk=max_risk, confidence=confidence, n_boot=n_boot, calibrators=calibrators,
+                         robustness_kwargs=robustness_kwargs, audit_defuse_kwargs=audit_defuse_kwargs,
+                         defuse_kwargs=defuse_kwargs, study_kwargs=study_kwargs, db=db, record=record)
+
+
+def _run_demo(out_dir: str | Path, *, seed: int, force: bool, progress: bool, steps: Any, epochs: int, width: int,
+              max_risk: float, confidence: float, n_boot: int, calibrators: Any,
+              robustness_kwargs: dict[str, Any] | None, audit_defuse_kwargs: dict[str, Any] | None,
+              defuse_kwargs: dict[str, Any] | None, study_kwargs: dict[str, Any] | None, db: str | None,
+              record: bool) -> DemoResult:
     from failsight.auditing import audit
     from failsight.auditing.core import default_store
     from failsight.auditing.report import audit_report
@@ -231,4 +246,16 @@ def _planted_notes(section: Any, run: Any) -> Any:
           f"{fmt_num(run.rest_before, 3, pct=True)} → {fmt_num(run.rest_after, 3, pct=True)}"]],
         caption="Ground truth of the planted bug: accuracy on the real test images of the relabelled sub-style "
                 "(never seen by Defuse) and on all other test images, before and after the correction.")
+    c = run.check
+    if c is not None:
+        changed = [r for r in c.rows if r.verdict in ("improved", "regressed")]
+        verdict = ("PARTIAL FAILURE: the fix regressed " + ", ".join(f"{r.slicing} {r.slice}" for r in c.regressed)
+                   if c.partial_failure else "no slice regressed significantly")
+        section.text(f"Verification, slice by slice (corrected vs buggy model on the real test set, exact McNemar, "
+                     f"Holm-corrected): {verdict}.")
+        if changed:
+            section.table(["slice", "n", "buggy → corrected", "change (pts)", "p (adjusted)", "verdict"],
+                          [[f"{r.slicing} = {r.slice}", r.n, f"{r.baseline:.1%} → {r.candidate:.1%}",
+                            f"{r.delta * 100:+.1f}", f"{r.p_adjusted:.2g}", r.verdict] for r in changed],
+                          caption="Slices whose accuracy changed significantly after the correction.")
     return section

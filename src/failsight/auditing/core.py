@@ -163,7 +163,7 @@ class AuditResult(Result):
         if self.regions is not None and len(self.regions) and self.defuse is not None and self.defuse.labels is None:
             paths["labels"] = out / REGIONS_DIR / "labels.csv"
             paths["regions"] = out / REGIONS_DIR / "regions.npz"
-        if self.generator is not None and hasattr(self.generator, "save"):
+        if self.generator is not None and type(self.generator).__name__ == "VAE":  # a user generator is theirs
             paths["generator"] = out / "generator.pt"
         if self.fixed_model is not None:
             paths["fixed_model"] = out / "fixed_model.pt"
@@ -174,8 +174,8 @@ class AuditResult(Result):
 
             FileLabeler(out / REGIONS_DIR).export(self.regions, self.defuse.class_names, force=force)
             save_regions(self.regions, paths["regions"], overwrite=force)
-        if "generator" in paths and (force or not paths["generator"].exists()):
-            self.generator.save(paths["generator"])
+        if "generator" in paths:
+            self.generator.save(paths["generator"], overwrite=force)
         if "fixed_model" in paths:
             import torch
 

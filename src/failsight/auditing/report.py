@@ -38,21 +38,23 @@ def summary_section(res: AuditResult, n: int = 5) -> Section:
         sec.html(Markup('<ol class="findings">{}</ol>').format(items))
     else:
         sec.text("No finding stands out.")
+    skipped = any(s.status == "skipped" for s in res.steps)
     rows = []
     for s in res.steps:
-        state = {"ran": "ran", "skipped": "skipped", "not requested": "not requested"}[s.status]
-        rows.append([s.step, state, f"{s.seconds:.1f} s" if s.ran else "", s.reason or ""])
-    sec.table(["step", "status", "time", "why not"], rows, caption="What ran. A skipped step says which input or "
-              "model capability it lacked.")
+        row = [s.step, s.status, f"{s.seconds:.1f} s" if s.ran else ""]
+        rows.append([*row, s.reason or ""] if skipped else row)
+    sec.table(["step", "status", "time", *(["why not"] if skipped else [])], rows,
+              caption="What ran. A skipped step says which input or model capability it lacked.")
     model = res.model
-    inputs = [["model", Markup("{}<br><small>{}, outputs {}, {} classes</small>").format(
-        model.get("name", ""), model.get("kind", ""), model.get("output", ""), model.get("n_classes", "?")),
-        str(model.get("fingerprint", ""))]]
+    inputs = [["model", Markup("{}<br><small>{}, outputs {}, {} classes · id {}</small>").format(
+        model.get("name", ""), model.get("kind", ""), model.get("output", ""), model.get("n_classes", "?"),
+        str(model.get("fingerprint", ""))[:8])]]
     for split, d in res.data.items():
         shape = "×".join(str(s) for s in d.get("shape", []))
-        inputs.append([split, Markup("{}<br><small>{} samples, {} {}</small>").format(
-            d.get("name", ""), d.get("n", "?"), d.get("kind", ""), shape), str(d.get("fingerprint", ""))])
-    sec.table(["input", "what", "identity (hash)"], inputs)
+        inputs.append([split, Markup("{}<br><small>{} samples, {} {} · id {}</small>").format(
+            d.get("name", ""), d.get("n", "?"), d.get("kind", ""), shape, str(d.get("fingerprint", ""))[:8])])
+    sec.table(["input", "what"], inputs, caption="The model and data audited; 'id' starts their content hash (the "
+              "run history's identity, in results.json in full).")
     for note in res.notes:
         sec.note(note)
     for split, d in res.data.items():

@@ -126,7 +126,9 @@ class PlantedBugRun(Result):
     ``planted_rank``: rank (1 = top) of the best region whose dominant pair is the planted one (``None``
     if none); ``sub_*``: accuracy on the real test images of the planted sub-style; ``rest_*``: on the
     other test images (``*_after`` equals ``*_before`` when the oracle discarded every region and nothing was
-    corrected: ``result.correction`` is then ``None``).
+    corrected: ``result.correction`` is then ``None``). ``check``: the corrected model against the buggy one on
+    the real test set, slice by slice (true class and planted sub-style; :func:`failsight.slices.compare`), so a
+    fix that breaks another class shows up as a partial failure.
     """
 
     true: int
@@ -142,6 +144,7 @@ class PlantedBugRun(Result):
     rest_after: float
     seconds: float
     result: Any = dataclasses.field(repr=False)
+    check: Any = None
 
     def summary(self) -> str:
         found = (f"found as region #{self.planted_rank}" if self.planted_rank is not None else "NOT found")
@@ -183,12 +186,17 @@ def run_planted_bug(data: Any, *, true: int = 1, wrong: int = 8, seed: int = 0, 
                                    x_test=data.x_test, y_test=data.y_test, **(correct_kwargs or {}))
     rank = next((i + 1 for i, r in enumerate(regions) if tuple(r.dominant_pair) == (true, wrong)), None)
     purity = regions[rank - 1].pair_rate if rank is not None else None
-    ok_b = predict_logits(model, data.x_test).argmax(1) == data.y_test
-    ok_a = predict_logits(fixed, data.x_test).argmax(1) == data.y_test
+    pred_b = predict_logits(model, data.x_test).argmax(1)
+    pred_a = predict_logits(fixed, data.x_test).argmax(1)
+    ok_b, ok_a = pred_b == data.y_test, pred_a == data.y_test
+    from failsight.slices import compare
+
+    check = compare(data.y_test, pred_b, pred_a, {"class": data.y_test,
+                                                  "planted sub-style": np.where(sub_te, "yes", "no")}, seed=seed)
     return PlantedBugRun(
         true=true, wrong=wrong, share_of_class=share, n_sub_train=int(sub_tr.sum()), n_sub_test=int(sub_te.sum()),
         planted_rank=rank, region_purity=purity,
         sub_before=float(ok_b[sub_te].mean()), sub_after=float(ok_a[sub_te].mean()),
         rest_before=float(ok_b[~sub_te].mean()), rest_after=float(ok_a[~sub_te].mean()),
-        seconds=time.perf_counter() - t0, result=d.result(found, regions, labels, summary),
+        seconds=time.perf_counter() - t0, result=d.result(found, regions, labels, summary), check=check,
     )
