@@ -239,8 +239,7 @@ def _planted_notes(section: Any, run: Any) -> Any:
         "Defuse did not see which images were changed. " + section.intro)
     rank = f"#{run.planted_rank}" if run.planted_rank is not None else "not found"
     section.table(
-        ["planted bug", "found as region", "region purity", "sub-style test acc. before → after",
-         "rest of test before → after"],
+        ["bug", "found as", "purity", "sub-style acc. (test)", "rest acc. (test)"],
         [[f"{run.true} → {run.wrong}", rank, fmt_num(run.region_purity, 3, pct=True),
           f"{fmt_num(run.sub_before, 3, pct=True)} → {fmt_num(run.sub_after, 3, pct=True)} (n={run.n_sub_test})",
           f"{fmt_num(run.rest_before, 3, pct=True)} → {fmt_num(run.rest_after, 3, pct=True)}"]],
@@ -249,10 +248,10 @@ def _planted_notes(section: Any, run: Any) -> Any:
     c = run.check
     if c is not None:
         changed = [r for r in c.rows if r.verdict in ("improved", "regressed")]
-        verdict = ("PARTIAL FAILURE: the fix regressed " + ", ".join(f"{r.slicing} {r.slice}" for r in c.regressed)
+        verdict = ("PARTIAL FAILURE: the fix regressed " + ", ".join(f"{r.slicing} = {r.slice}" for r in c.regressed)
                    if c.partial_failure else "no slice regressed significantly")
-        section.text(f"Verification, slice by slice (corrected vs buggy model on the real test set, exact McNemar, "
-                     f"Holm-corrected): {verdict}.")
+        section.heading("Verification, slice by slice")
+        section.text(f"Corrected vs buggy model on the real test set (exact McNemar, Holm-corrected): {verdict}.")
         if changed:
             section.table(["slice", "n", "buggy → corrected", "change (pts)", "p (adjusted)", "verdict"],
                           [[f"{r.slicing} = {r.slice}", r.n, f"{r.baseline:.1%} → {r.candidate:.1%}",

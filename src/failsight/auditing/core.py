@@ -365,6 +365,11 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
     max_risk = check_fraction(max_risk, "max_risk")
     steps = _check_steps(steps)
     adapter = as_model(model)
+    if labels is not None and "defuse" in steps and adapter.trainable_module is None:
+        raise FailsightInputError(
+            f"labels fine-tune the model, but a {adapter.kind} model cannot be fine-tuned here; pass the torch "
+            "nn.Module itself (saved with torch.save(model, path)) to correct it."
+        )
     cal_d = _as_data(calibration, "calibration")
     train_d = _as_data(train, "train")
     ood_d = _as_data(ood, "ood", require_labels=False)

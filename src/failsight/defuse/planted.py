@@ -127,7 +127,7 @@ class PlantedBugRun(Result):
     if none); ``sub_*``: accuracy on the real test images of the planted sub-style; ``rest_*``: on the
     other test images (``*_after`` equals ``*_before`` when the oracle discarded every region and nothing was
     corrected: ``result.correction`` is then ``None``). ``check``: the corrected model against the buggy one on
-    the real test set, slice by slice (true class and planted sub-style; :func:`failsight.slices.compare`), so a
+    the real test set, slice by slice (true class, and planted sub-style vs rest; :func:`failsight.slices.compare`), so a
     fix that breaks another class shows up as a partial failure.
     """
 
@@ -148,8 +148,12 @@ class PlantedBugRun(Result):
 
     def summary(self) -> str:
         found = (f"found as region #{self.planted_rank}" if self.planted_rank is not None else "NOT found")
-        return (f"defuse: planted bug {self.true}->{self.wrong} {found}; sub-style test accuracy "
+        text = (f"defuse: planted bug {self.true}->{self.wrong} {found}; sub-style test accuracy "
                 f"{self.sub_before:.0%} -> {self.sub_after:.0%}, rest {self.rest_before:.1%} -> {self.rest_after:.1%}")
+        if self.check is not None and self.check.partial_failure:
+            text += "; verification flags a partial failure (" + ", ".join(
+                f"{r.slicing} = {r.slice} {r.delta * 100:+.1f} pts" for r in self.check.regressed) + ")"
+        return text
 
 
 def run_planted_bug(data: Any, *, true: int = 1, wrong: int = 8, seed: int = 0, progress: bool = False,
@@ -191,8 +195,8 @@ def run_planted_bug(data: Any, *, true: int = 1, wrong: int = 8, seed: int = 0, 
     ok_b, ok_a = pred_b == data.y_test, pred_a == data.y_test
     from failsight.slices import compare
 
-    check = compare(data.y_test, pred_b, pred_a, {"class": data.y_test,
-                                                  "planted sub-style": np.where(sub_te, "yes", "no")}, seed=seed)
+    part = np.where(sub_te, "planted sub-style", "rest of test")
+    check = compare(data.y_test, pred_b, pred_a, {"class": data.y_test, "part": part}, seed=seed)
     return PlantedBugRun(
         true=true, wrong=wrong, share_of_class=share, n_sub_train=int(sub_tr.sum()), n_sub_test=int(sub_te.sum()),
         planted_rank=rank, region_purity=purity,
