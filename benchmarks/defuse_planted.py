@@ -12,7 +12,8 @@ For each planted bug (true class -> wrong class) and seed:
    only those it reads with mean probability >= 0.8 vote, and the region gets their majority class when that
    class holds more than half of them and beats the runner-up by more than chance (sign test, 5%);
    "discard" otherwise, or when the majority class is what the model already predicts), and the correction
-   (lambda picked on the calibration split; defaults of ``Defuse.correct``: distillation anchor towards the
+   (lambda picked on the calibration split; defaults of ``Defuse.correct``: lambda rejected only when its
+   validation loss is significantly above the 1% tolerance, distillation anchor towards the
    original model, training images that contradict a labelled region left out);
 4. reported: is a top-3 region's dominant pair the planted pair, that region's purity (share of samples drawn
    from it that the classifier reads as the wrong class — its errors all have the planted pair by

@@ -32,6 +32,7 @@ from failsight.defuse import (
     resolve_labels,
     search_errors,
 )
+from failsight.defuse.correct import loss_within_tolerance
 
 POCKET = np.array([2.0, 2.0])
 
@@ -367,7 +368,10 @@ def test_correction_fixes_the_pocket_and_keeps_the_original(toy):
     assert res.regions[0].accuracy_before < 0.3 and res.regions[0].accuracy_after > 0.9
     assert res.region_accuracy_after > res.region_accuracy_before
     chosen = next(r for r in res.lambdas if r["lam"] == res.lam)
-    assert chosen["val_retained"] >= 1 - res.tolerance  # how lam was chosen
+    # how lam was chosen: its validation loss is not significantly above the tolerance
+    assert chosen["within_tolerance"] and chosen["loss_p_value"] >= 0.05
+    assert all(r["within_tolerance"] == (r["loss_p_value"] >= 0.05) for r in res.lambdas)
+    assert all((r["val_lost"] == 0) == (r["val_retained"] == 1.0) for r in res.lambdas)
     assert res.n_train_dropped == 0
     assert res.test_accuracy_after >= res.test_accuracy_before - 0.03
     assert res.tolerance_met and res.lam in (0.3, 0.6) and len(res.lambdas) == 2
@@ -439,6 +443,25 @@ def test_correction_errors(toy):
         correct(model, regions, {0: 1}, x_tr, y_tr, lambdas=(1.5,), progress=False)
     with pytest.raises(FailsightInputError, match="channel"):
         correct(model, regions, {0: 1}, np.zeros((4, 3, 8, 8)), np.zeros(4, int), progress=False)
+    with pytest.raises(FailsightInputError, match="tolerance_alpha"):
+        correct(model, regions, {0: 1}, x_tr, y_tr, tolerance_alpha=1.5, progress=False)
+
+
+def test_loss_within_tolerance_is_a_one_sided_binomial_test():
+    from scipy.stats import binomtest
+
+    for lost, n, tol in [(4, 343, 0.01), (8, 345, 0.01), (6, 345, 0.01), (3, 40, 0.05), (1, 10, 0.001)]:
+        ok, p = loss_within_tolerance(lost, n, tol, 0.05)
+        ref = binomtest(lost, n, tol, alternative="greater").pvalue  # reference: scipy's exact test
+        assert p == pytest.approx(ref, rel=1e-9) and ok == (ref >= 0.05)
+    # the planted 5->9 bug (seed 2): 4 of 343 lost is 1.17% > 1%, but not significantly more
+    assert loss_within_tolerance(4, 343, 0.01, 0.05)[0]
+    assert not loss_within_tolerance(4, 343, 0.01, None)[0]  # the point-estimate rule rejects it
+    assert not loss_within_tolerance(8, 345, 0.01, 0.05)[0]  # 2.3%: p = 0.02
+    assert loss_within_tolerance(3, 345, 0.01, None) == (True, None)
+    assert loss_within_tolerance(0, 0, 0.01, 0.05) == (True, 1.0)
+    assert loss_within_tolerance(1, 500, 0.0, 0.05)[0] is False  # no tolerance: any loss is too much
+    assert loss_within_tolerance(0, 500, 0.0, 0.05)[0] is True
 
 
 def test_oracle_vote_rule_counts_confident_votes_and_needs_a_clear_majority():

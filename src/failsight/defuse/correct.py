@@ -2,10 +2,22 @@
 
 The loss of each step is ``(1 - lam) * L_real + lam * CE(region batch)``; the mixing weight ``lam`` is picked
 on a validation split: the ``lam`` whose fine-tuned model is most accurate on fresh validation samples from
-the labelled regions while it keeps at least ``1 - tolerance`` of the real validation images the original
-model classified correctly (overall validation accuracy would let the bug's own images, once fixed, hide
-damage done elsewhere). Evaluation uses *held-out* region samples (drawn with their own seed, never trained
-or validated on) and, when given, the real test set.
+the labelled regions among those whose collateral loss — the share of the real validation images the
+original model classified correctly that it now gets wrong — is not significantly above ``tolerance``
+(overall validation accuracy would let the bug's own images, once fixed, hide damage done elsewhere).
+Evaluation uses *held-out* region samples (drawn with their own seed, never trained or validated on) and,
+when given, the real test set.
+
+Why a test rather than the point estimate (``tolerance_alpha=None``, the earlier rule): a validation split of
+a few hundred images measures a 1% loss with a standard error of about half a point, so the point estimate
+rejects a mixing weight whose true loss is at the tolerance half the time, on one or two images. On the
+planted-bug digits benchmark it rejected the weight that fixed a 5→9 bug (4 of 343 images lost, 1.17%; the
+real sub-style stayed at 69% instead of 85%, the rest of the test set lost 0.6 points with either weight),
+and the weights it accepted were no safer: in the demo split it accepted ``lam = 0.5`` at 0.7% validation
+loss, which cost 2.3 points on the rest of the test set. With the one-sided exact binomial test (level
+``tolerance_alpha``) a weight is rejected when the validation data show that it loses more than the
+tolerance (8 of 345: p = 0.02; 4 of 343: p = 0.45). The price: small validation sets reject little, so
+``n_val`` should be a few hundred images or more.
 
 Two defaults keep the fix from costing accuracy elsewhere and from being undone by the data that caused it
 (measured on the planted-bug digits benchmark, ``benchmarks/defuse_planted.py``):
@@ -50,7 +62,7 @@ from failsight.defuse.search import check_classifier, classify
 from failsight.defuse.vae import _progress, check_images
 from failsight.types import Result
 
-__all__ = ["CorrectionResult", "RegionOutcome", "correct"]
+__all__ = ["CorrectionResult", "RegionOutcome", "correct", "loss_within_tolerance"]
 
 # offsets that keep the training / validation / held-out draws of a region apart
 _TRAIN, _VAL, _HOLDOUT = 1, 2, 3
@@ -75,8 +87,11 @@ class CorrectionResult(Result):
     """Before/after summary of a Defuse correction.
 
     ``lambdas``: one row per tried mixing weight (``lam``, ``val_accuracy``, ``val_retained`` — share of the
-    validation images the original model got right that stay right —, ``region_val_accuracy``,
-    ``within_tolerance``); ``lam`` the chosen one. ``regions``: per labelled region, held-out accuracy
+    validation images the original model got right that stay right —, ``val_lost`` — how many of them it
+    gets wrong now —, ``loss_p_value`` — one-sided binomial test of loss share ``> tolerance``, ``None``
+    with ``tolerance_alpha=None`` —, ``region_val_accuracy``, ``within_tolerance`` — the loss is not
+    significantly above ``tolerance``, or with ``tolerance_alpha=None`` ``val_retained >= 1 - tolerance``);
+    ``lam`` the chosen one. ``regions``: per labelled region, held-out accuracy
     before/after. ``test_*`` are ``None`` without a test set; ``per_class`` rows hold ``class``, ``name``,
     ``n``, ``before``, ``after``, ``change`` on the test set (validation set when no test set was given).
     """
@@ -132,6 +147,23 @@ def _gauss_loglik(z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[np.
     sol = np.linalg.solve(chol, (z - mean).T)
     m2 = np.sum(sol**2, axis=0)
     return -0.5 * m2 - np.sum(np.log(np.diag(chol))), m2
+
+
+def loss_within_tolerance(lost: int, n_right: int, tolerance: float,
+                          alpha: float | None) -> tuple[bool, float | None]:
+    """Is a collateral loss of ``lost`` of the ``n_right`` validation images the original model got right
+    within ``tolerance``? With ``alpha`` a one-sided exact binomial test of ``H0: loss share <= tolerance``:
+    within unless its p-value ``P(X >= lost | Binomial(n_right, tolerance))`` is below ``alpha`` (with
+    ``tolerance = 0`` any loss is too much); with ``alpha=None`` the point estimate ``lost / n_right <=
+    tolerance``. Returns ``(within, p_value or None)``."""
+    if n_right == 0 or lost == 0:
+        return True, (1.0 if alpha is not None else None)
+    if alpha is None:
+        return lost <= tolerance * n_right + 1e-9, None
+    from scipy.stats import binom
+
+    p = float(binom.sf(lost - 1, n_right, tolerance))  # P(X >= lost); 0 when tolerance == 0
+    return p >= alpha, p
 
 
 def _conflicting(x: np.ndarray, y: np.ndarray, regions: list[Region], lab: dict[int, int | None],
@@ -215,6 +247,7 @@ def correct(
     class_names: Sequence[str] | None = None,
     lambdas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
     tolerance: float = 0.01,
+    tolerance_alpha: float | None = 0.05,
     n_train_per_region: int = 256,
     n_val_per_region: int = 128,
     n_holdout_per_region: int = 256,
@@ -238,9 +271,10 @@ def correct(
     ``val_fraction`` of the training data, held out from fine-tuning); ``x_test``/``y_test`` (optional) are
     only evaluated. For every ``lam`` in ``lambdas`` a fresh copy is fine-tuned for ``epochs`` epochs (AdamW,
     cosine schedule) with ``n_train_per_region`` samples per labelled region; the chosen ``lam`` maximises
-    accuracy on ``n_val_per_region`` fresh samples per region among those that keep at least
-    ``1 - tolerance`` of the validation images the original model got right (if none does, the one that keeps
-    the most). Returns the fine-tuned copy (``classifier`` itself is never modified) and a
+    accuracy on ``n_val_per_region`` fresh samples per region among those whose loss of the validation images
+    the original model got right is not significantly above ``tolerance`` (one-sided exact binomial test at
+    level ``tolerance_alpha``; ``None`` = the point estimate must be ``<= tolerance``; see the module
+    docstring) — if none is, the one that keeps the most. Returns the fine-tuned copy (``classifier`` itself is never modified) and a
     :class:`CorrectionResult`.
 
     ``distill`` (default 1.0) is the weight of the distillation anchor in the real-data loss (0 = plain
@@ -262,6 +296,8 @@ def correct(
     n_va = check_int(n_val_per_region, "n_val_per_region")
     n_ho = check_int(n_holdout_per_region, "n_holdout_per_region")
     tolerance = check_fraction(tolerance, "tolerance", open_low=False)
+    if tolerance_alpha is not None:
+        tolerance_alpha = check_fraction(tolerance_alpha, "tolerance_alpha")
     lams = [float(v) for v in lambdas]
     if not lams or any(not (0.0 < v < 1.0) for v in lams):
         raise FailsightInputError(f"lambdas must be a non-empty list of mixing weights in (0, 1), got {lambdas!r}.")
@@ -349,10 +385,11 @@ def correct(
             # collateral damage: share of the validation images the original model got right that stay right
             # (overall validation accuracy would hide damage behind the bug's own images being fixed)
             kept = float(np.mean(pv[was_right] == yv[was_right])) if was_right.any() else 1.0
+            lost = int(np.sum(pv[was_right] != yv[was_right]))
             rva = _accuracy(model, xr_va, yr_va)
-            ok = kept >= 1.0 - tolerance - 1e-12
-            rows.append({"lam": lam, "val_accuracy": va, "val_retained": kept, "region_val_accuracy": rva,
-                         "within_tolerance": ok})
+            ok, p_loss = loss_within_tolerance(lost, int(was_right.sum()), tolerance, tolerance_alpha)
+            rows.append({"lam": lam, "val_accuracy": va, "val_retained": kept, "val_lost": lost,
+                         "loss_p_value": p_loss, "region_val_accuracy": rva, "within_tolerance": ok})
             key = (ok, rva if ok else kept, kept, -lam)
             if best is None or key > best:
                 best, best_model = key, model
