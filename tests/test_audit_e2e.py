@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 FAILSIGHT = [sys.executable, "-m", "failsight"]
-# one worker runs the whole module in order (the run-history test reads the runs the others recorded)
+# one worker runs the whole module (its fixture trains and saves the models once)
 pytestmark = pytest.mark.xdist_group("audit-e2e")
 
 
@@ -149,9 +149,9 @@ def test_audit_sklearn_pickle_idx(files):
 
 def test_audit_module_image_folder_and_runs(files):
     out = files / "audit_folder"
-    db = files / "failsight-runs.db"
+    db = files / "history.db"
     r = _run(["audit", "--model", "cnn_module.pt", "--test", "test_folder", "--out", str(out),
-              "--steps", "reliability,slices", "-q", "--name", "module-folder"], cwd=files)
+              "--steps", "reliability,slices", "-q", "--name", "module-folder", "--db", str(db)], cwd=files)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["data"]["test"]["source"] == "folder" and res["model"]["kind"] == "torch"
@@ -159,17 +159,20 @@ def test_audit_module_image_folder_and_runs(files):
     assert steps == {"reliability": "ran", "robustness": "not requested", "defuse": "not requested", "slices": "ran"}
     # the folder's classes are named after the sub-folders
     assert any(str(row["slice"]).startswith("digit") for row in res["slices"]["rows"])
-    # run history: the same pixels and labels from .npz and from PNGs are the same data
-    if not db.is_file():
-        pytest.skip("the TorchScript audit did not run first (run the module as a whole)")
+    # run history: two models on the same .npz, recorded beside the folder run
+    r = _run(["audit", "--model", "cnn_module.pt", "--test", "test.npz", "--out", str(files / "audit_npz"),
+              "--steps", "reliability,slices", "-q", "--name", "module-npz", "--db", str(db)], cwd=files)
+    assert r.returncode == 0, r.stderr
+    r = _run(["audit", "--model", "logreg.pkl", "--test", "test.npz", "--out", str(files / "audit_npz_sk"),
+              "--steps", "reliability,slices", "-q", "--name", "sklearn-npz", "--db", str(db)], cwd=files)
+    assert r.returncode == 0, r.stderr
     lst = _run(["runs", "list", "--db", str(db)], cwd=files)
     assert lst.returncode == 0, lst.stderr
-    assert "ts-npz" in lst.stdout and "module-folder" in lst.stdout
-    ts_id = "ts-npz"
-    cmp = _run(["runs", "compare", ts_id, "module-folder", "--db", str(db)], cwd=files)
+    assert all(n in lst.stdout for n in ("module-folder", "module-npz", "sklearn-npz"))
+    cmp = _run(["runs", "compare", "module-npz", "sklearn-npz", "--db", str(db)], cwd=files)
     assert cmp.returncode == 0, cmp.stderr
-    assert "reliability.accuracy" in cmp.stdout
-    bad = _run(["runs", "compare", "ts-npz", "no-such-run", "--db", str(db)], cwd=files)
+    assert "reliability.accuracy" in cmp.stdout and "overall:" in cmp.stdout  # per metric and per slice
+    bad = _run(["runs", "compare", "module-npz", "no-such-run", "--db", str(db)], cwd=files)
     assert bad.returncode == 2
 
 
