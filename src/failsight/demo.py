@@ -120,113 +120,98 @@ def run_demo(
     from failsight._threads import limit_threads
 
     with limit_threads(1):
-        return _run_demo(out_dir, seed=seed, force=force, progress=progress, steps=steps, epochs=epochs, width=width,
-                         max_risk=max_risk, confidence=confidence, n_boot=n_boot, calibrators=calibrators,
-                         robustness_kwargs=robustness_kwargs, audit_defuse_kwargs=audit_defuse_kwargs,
-                         defuse_kwargs=defuse_kwargs, study_kwargs=study_kwargs, db=db, record=record)
+        from failsight.auditing import audit
+        from failsight.auditing.core import default_store
+        from failsight.auditing.report import audit_report
+        from failsight.datasets.digits import split_digits
+        from failsight.models.cnn import SmallCNN, train_classifier
+        from failsight.report.html import check_writable
 
+        t0 = time.perf_counter()
+        seed = check_int(seed, "seed", minimum=0)
+        steps = _check_steps(steps)
+        out = Path(out_dir)
+        report_path, results_path = out / REPORT_NAME, out / RESULTS_NAME
+        check_writable([report_path, results_path], force)
+        timings: dict[str, float] = {}
 
-def _run_demo(out_dir: str | Path, *, seed: int, force: bool, progress: bool, steps: Any, epochs: int, width: int,
-              max_risk: float, confidence: float, n_boot: int, calibrators: Any,
-              robustness_kwargs: dict[str, Any] | None, audit_defuse_kwargs: dict[str, Any] | None,
-              defuse_kwargs: dict[str, Any] | None, study_kwargs: dict[str, Any] | None, db: str | None,
-              record: bool) -> DemoResult:
-    from failsight.auditing import audit
-    from failsight.auditing.core import default_store
-    from failsight.auditing.report import audit_report
-    from failsight.datasets.digits import split_digits
-    from failsight.models.cnn import SmallCNN, train_classifier
-    from failsight.report.html import check_writable
-
-    t0 = time.perf_counter()
-    seed = check_int(seed, "seed", minimum=0)
-    steps = _check_steps(steps)
-    out = Path(out_dir)
-    report_path, results_path = out / REPORT_NAME, out / RESULTS_NAME
-    check_writable([report_path, results_path], force)
-    timings: dict[str, float] = {}
-
-    data = split_digits(seed=seed, cal_size=0.25, test_size=0.25)
-    model = SmallCNN(in_channels=1, n_classes=10, image_size=8, width=width, seed=seed)
-    # tiny models: one thread is fastest, and robust on busy machines
-    history = train_classifier(model, data.x_train, data.y_train, epochs=epochs, seed=seed, progress=progress,
-                               num_threads=1)
-    baseline = None
-    if "slices" in steps:  # "yesterday's model": half the width, same data and recipe
-        baseline = SmallCNN(in_channels=1, n_classes=10, image_size=8, width=max(4, width // 2), seed=seed + 1)
-        train_classifier(baseline, data.x_train, data.y_train, epochs=epochs, seed=seed + 1, progress=progress,
-                         num_threads=1)
-    timings["training"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    res = audit(model, (data.x_test, data.y_test), calibration=(data.x_cal, data.y_cal),
-                train=(data.x_train, data.y_train), groups=digit_groups(data.x_test, data.x_train),
-                baseline=baseline, steps=[s for s in steps if s != "study"], seed=seed, max_risk=max_risk,
-                confidence=confidence, n_boot=n_boot, calibrators=calibrators,
-                robustness_options={"num_threads": 1, **(robustness_kwargs or {})},
-                defuse_options=audit_defuse_kwargs, progress=progress)
-    timings.update({s.step: s.seconds for s in res.steps if s.ran})
-    timings["audit"] = time.perf_counter() - t
-
-    sizes = data.sizes
-    report = audit_report(
-        res, title="failsight demo: a small CNN on handwritten digits",
-        labeler_note=("Nobody labelled these regions: the demo exports them to regions/labels.csv for you. "
-                      "The planted-bug section below shows the full loop with an oracle labeller."))
-    report.subtitle = ("Where, why and how this classifier fails. Data: scikit-learn's bundled 8×8 digits "
-                       "(1,797 real images, 10 classes), split into training, calibration and test parts; "
-                       "the partial-failure study uses generated shapes × colours images.")
-    report.meta = {"data": f"digits 8×8 · train {sizes['train']} / cal {sizes['cal']} / test {sizes['test']}",
-                   "model": f"SmallCNN (width {width}), {epochs} epochs, {history.seconds:.0f} s",
-                   "baseline": f"SmallCNN (width {max(4, width // 2)})" if baseline is not None else "none",
-                   "seed": seed}
-    extra: dict[str, Any] = {
-        "failsight_version": __version__,
-        "demo": {"seed": seed, "steps": steps, "epochs": epochs, "width": width, "max_risk": max_risk,
-                 "confidence": confidence, "n_boot": n_boot},
-        "data": {"name": "sklearn digits", "sizes": sizes, "split": data},
-        "training": history,
-    }
-
-    dfs = None
-    if "defuse" in steps:
-        from failsight.defuse.planted import run_planted_bug
-        from failsight.defuse.report import defuse_section
+        data = split_digits(seed=seed, cal_size=0.25, test_size=0.25)
+        model = SmallCNN(in_channels=1, n_classes=10, image_size=8, width=width, seed=seed)
+        history = train_classifier(model, data.x_train, data.y_train, epochs=epochs, seed=seed, progress=progress)
+        baseline = None
+        if "slices" in steps:  # "yesterday's model": half the width, same data and recipe
+            baseline = SmallCNN(in_channels=1, n_classes=10, image_size=8, width=max(4, width // 2), seed=seed + 1)
+            train_classifier(baseline, data.x_train, data.y_train, epochs=epochs, seed=seed + 1, progress=progress)
+        timings["training"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        dfs = run_planted_bug(data, seed=seed, progress=progress, **(defuse_kwargs or {}))
-        report.add(_planted_notes(defuse_section(
-            dfs.result, title="Defuse on a planted bug: found, labelled, fixed", section_id="defuse-planted",
-            labeler_note="Regions were labelled by an oracle (an ensemble of CNNs trained on the correct labels), "
-            "standing in for a person."), dfs))
-        extra["defuse_planted"] = dfs
-        timings["defuse_planted"] = time.perf_counter() - t
+        res = audit(model, (data.x_test, data.y_test), calibration=(data.x_cal, data.y_cal),
+                    train=(data.x_train, data.y_train), groups=digit_groups(data.x_test, data.x_train),
+                    baseline=baseline, steps=[s for s in steps if s != "study"], seed=seed, max_risk=max_risk,
+                    confidence=confidence, n_boot=n_boot, calibrators=calibrators,
+                    robustness_options=robustness_kwargs,
+                    defuse_options=audit_defuse_kwargs, progress=progress)
+        timings.update({s.step: s.seconds for s in res.steps if s.ran})
+        timings["audit"] = time.perf_counter() - t
 
-    std = None
-    if "study" in steps:
-        from failsight.study import run_study
-        from failsight.study.report import study_section
+        sizes = data.sizes
+        report = audit_report(
+            res, title="failsight demo: a small CNN on handwritten digits",
+            labeler_note=("Nobody labelled these regions: the demo exports them to regions/labels.csv for you. "
+                          "The planted-bug section below shows the full loop with an oracle labeller."))
+        report.subtitle = ("Where, why and how this classifier fails. Data: scikit-learn's bundled 8×8 digits "
+                           "(1,797 real images, 10 classes), split into training, calibration and test parts; "
+                           "the partial-failure study uses generated shapes × colours images.")
+        report.meta = {"data": f"digits 8×8 · train {sizes['train']} / cal {sizes['cal']} / test {sizes['test']}",
+                       "model": f"SmallCNN (width {width}), {epochs} epochs, {history.seconds:.0f} s",
+                       "baseline": f"SmallCNN (width {max(4, width // 2)})" if baseline is not None else "none",
+                       "seed": seed}
+        extra: dict[str, Any] = {
+            "failsight_version": __version__,
+            "demo": {"seed": seed, "steps": steps, "epochs": epochs, "width": width, "max_risk": max_risk,
+                     "confidence": confidence, "n_boot": n_boot},
+            "data": {"name": "sklearn digits", "sizes": sizes, "split": data},
+            "training": history,
+        }
 
-        t = time.perf_counter()
-        opts = {"grid": "demo", **(study_kwargs or {})}
-        std = run_study(opts.pop("grid"), progress=progress, **opts)
-        report.add(study_section(std))
-        extra["study"] = std
-        timings["study"] = time.perf_counter() - t
+        dfs = None
+        if "defuse" in steps:
+            from failsight.defuse.planted import run_planted_bug
+            from failsight.defuse.report import defuse_section
 
-    extra["timings"] = timings
-    paths = res.write(out, force=force, report=report, extra=extra)
-    run = None
-    store = db or default_store(out)
-    if record:
-        run = res.record(store, name=f"demo seed {seed}", report_path=str(paths["report"].resolve()))
-    return DemoResult(
-        out_dir=str(out), report_path=str(report_path), results_path=str(results_path),
-        test_accuracy=res.reliability.accuracy, seconds=time.perf_counter() - t0, training_seconds=history.seconds,
-        step_seconds=timings, run_id=None if run is None else run.id, db=store if record else None, audit=res,
-        analysis=res.reliability, history=history, robustness=res.robustness, defuse=dfs, study=std,
-    )
+            t = time.perf_counter()
+            dfs = run_planted_bug(data, seed=seed, progress=progress, **(defuse_kwargs or {}))
+            report.add(_planted_notes(defuse_section(
+                dfs.result, title="Defuse on a planted bug: found, labelled, fixed", section_id="defuse-planted",
+                labeler_note="Regions were labelled by an oracle (an ensemble of CNNs trained on the correct labels), "
+                "standing in for a person."), dfs))
+            extra["defuse_planted"] = dfs
+            timings["defuse_planted"] = time.perf_counter() - t
 
+        std = None
+        if "study" in steps:
+            from failsight.study import run_study
+            from failsight.study.report import study_section
+
+            t = time.perf_counter()
+            opts = {"grid": "demo", **(study_kwargs or {})}
+            std = run_study(opts.pop("grid"), progress=progress, **opts)
+            report.add(study_section(std))
+            extra["study"] = std
+            timings["study"] = time.perf_counter() - t
+
+        extra["timings"] = timings
+        paths = res.write(out, force=force, report=report, extra=extra)
+        run = None
+        store = db or default_store(out)
+        if record:
+            run = res.record(store, name=f"demo seed {seed}", report_path=str(paths["report"].resolve()))
+        return DemoResult(
+            out_dir=str(out), report_path=str(report_path), results_path=str(results_path),
+            test_accuracy=res.reliability.accuracy, seconds=time.perf_counter() - t0, training_seconds=history.seconds,
+            step_seconds=timings, run_id=None if run is None else run.id, db=store if record else None, audit=res,
+            analysis=res.reliability, history=history, robustness=res.robustness, defuse=dfs, study=std,
+        )
 
 
 def _planted_notes(section: Any, run: Any) -> Any:

@@ -163,8 +163,11 @@ class AuditResult(Result):
         if self.regions is not None and len(self.regions) and self.defuse is not None and self.defuse.labels is None:
             paths["labels"] = out / REGIONS_DIR / "labels.csv"
             paths["regions"] = out / REGIONS_DIR / "regions.npz"
-        if self.generator is not None and type(self.generator).__name__ == "VAE":  # a user generator is theirs
-            paths["generator"] = out / "generator.pt"
+        if self.generator is not None:
+            from failsight.defuse.vae import VAE
+
+            if isinstance(self.generator, VAE):  # a generator the user passed in is theirs to save
+                paths["generator"] = out / "generator.pt"
         if self.fixed_model is not None:
             paths["fixed_model"] = out / "fixed_model.pt"
         check_writable(list(paths.values()), force)
@@ -487,9 +490,7 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
             cmp = compare(y_test, base_pred, pred_test, groups_all, seed=seed,
                           **{k_: v for k_, v in opts.items() if k_ in ("alpha", "min_size", "mid_p")})
         if fixed is not None:
-            from failsight.models.adapters import as_model as _as
-
-            fixed_pred = _as(fixed).predict(test_d.x, batch_size=batch_size).argmax(axis=1)
+            fixed_pred = as_model(fixed).predict(test_d.x, batch_size=batch_size).argmax(axis=1)
             check = compare(y_test, pred_test, fixed_pred, groups_all, seed=seed)
         status["slices"] = StepStatus("slices", "ran", time.perf_counter() - t)
 
