@@ -4,14 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench clean venv lock
 
-$(STAMP): pyproject.toml
+# Every package comes from requirements.lock (exact versions, direct and transitive), so a new machine gets
+# what CI ran; pyproject.toml keeps ranges for people who pip install the library into their own environment.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: pip takes the CPU wheel on disk instead of a multi-GB CUDA build
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -24,6 +28,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+# Refresh requirements.lock after changing dependencies in pyproject.toml (a throwaway venv resolves them).
+lock:
+	PY=$(PY) bash tools/lock.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/reliability.py
