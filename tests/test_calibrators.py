@@ -172,6 +172,27 @@ def test_fast_exp_accuracy():
 # vector / matrix scaling, Dirichlet
 
 
+def _multinomial_objective_grad_hess(W: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray,
+                                     reg: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean cross-entropy of softmax(x W^T + b) plus reg ||W||^2: value, gradient and Hessian in the
+    parameters theta = [W | b] (k x (d+1), flattened row-major)."""
+    n, k = len(y), len(b)
+    xa = np.column_stack([x, np.ones(n)])  # (n, d+1)
+    s = xa @ np.column_stack([W, b]).T
+    p = softmax(s, axis=1)
+    r = p.copy()
+    r[np.arange(n), y] -= 1
+    pen = np.zeros((k, xa.shape[1]))
+    pen[:, :-1] = 1.0  # the intercept is not penalised
+    theta = np.column_stack([W, b])
+    f = float(np.mean(logsumexp(s, axis=1) - s[np.arange(n), y]) + reg * np.sum(W**2))
+    g = (r.T @ xa / n + 2 * reg * pen * theta).ravel()
+    # Hessian of the mean cross-entropy: mean over samples of (diag p - p p^T) kron (x x^T)
+    a_ = np.einsum("ni,ij->nij", p, np.eye(k)) - np.einsum("ni,nj->nij", p, p)
+    h = np.einsum("nij,na,nb->iajb", a_, xa, xa).reshape(k * xa.shape[1], -1) / n
+    return f, g, h + np.diag(2 * reg * pen.ravel())
+
+
 def test_dirichlet_l2_matches_sklearn_multinomial_logistic(multi):
     from sklearn.linear_model import LogisticRegression
 
@@ -180,17 +201,48 @@ def test_dirichlet_l2_matches_sklearn_multinomial_logistic(multi):
     n, reg = len(y), 1e-3
     dc = DirichletCalibration(reg_lambda=0.0, reg_mu=0.0, reg_l2=reg, tol=1e-14).fit(z, y)
     lr = LogisticRegression(C=1.0 / (2 * n * reg), tol=1e-12, max_iter=10_000).fit(logp, y)
-    # adding one vector to every row of W leaves softmax unchanged: only the small L2 term pins that
-    # direction, so compare the identifiable (row-centred) part tightly and the raw matrices loosely
-    np.testing.assert_allclose(dc.coef_ - dc.coef_.mean(axis=0), lr.coef_ - lr.coef_.mean(axis=0), atol=2e-5)
-    np.testing.assert_allclose(dc.coef_, lr.coef_, atol=1e-3)
-    np.testing.assert_allclose(dc.predict_proba(z), lr.predict_proba(logp), atol=2e-6)
-    # ours is at least as good a minimiser of the common objective
-    def objective(W, b):
-        s = logp @ W.T + b
-        return np.mean(logsumexp(s, axis=1) - s[np.arange(n), y]) + reg * np.sum(W**2)
-
-    assert objective(dc.coef_, dc.intercept_) <= objective(lr.coef_, lr.intercept_) + 1e-12
+    # Both minimise the same objective f (sklearn's C-weighted sum divided by n*C). The tolerances are
+    # derived from the solvers' own stopping points, not observed. Adding one vector v to every row of W and
+    # one constant to every intercept leaves softmax unchanged: call that subspace S. The cross-entropy's
+    # Hessian vanishes on S and the L2 term is 2*reg*I on W, so the Hessian H maps S and its complement to
+    # themselves. On the complement f is strongly convex with modulus mu = the smallest eigenvalue of H there,
+    # so a solver stopping with gradient g is within ||g|| / mu of the optimum; H is Lipschitz and barely
+    # changes over the distances at stake, so mu / 2 is a safe modulus over that neighbourhood. On S, f is
+    # exactly quadratic with curvature 2*reg (only the L2 term), so ||g_S|| / (2 reg) bounds the distance.
+    f_dc, g_dc, h = _multinomial_objective_grad_hess(dc.coef_, dc.intercept_, logp, y, reg)
+    f_lr, g_lr, _ = _multinomial_objective_grad_hess(lr.coef_, lr.intercept_, logp, y, reg)
+    k, d1 = len(dc.intercept_), logp.shape[1] + 1
+    basis = []
+    for j in range(d1):  # S: the same column added to every row of [W | b]
+        e = np.zeros((k, d1))
+        e[:, j] = 1.0 / np.sqrt(k)
+        basis.append(e.ravel())
+    p_s = np.array(basis).T @ np.array(basis)
+    p_c = np.eye(k * d1) - p_s
+    mu = float(np.linalg.eigvalsh(p_c @ h @ p_c)[d1])  # the first d1 eigenvalues are S's zeros
+    dist_c = 2 * (np.linalg.norm(p_c @ g_dc) + np.linalg.norm(p_c @ g_lr)) / mu + 1e-12
+    dist_s = (np.linalg.norm(p_s @ g_dc) + np.linalg.norm(p_s @ g_lr)) / (2 * reg) + 1e-12
+    # both solvers stop with gradients ~1e-6 (on f's relative decrease) while mu ~ 1e-2, so the parameter
+    # bound is ~4e-4: what the solvers guarantee, far below any real disagreement (a wrong fit moves them >1e-1)
+    assert mu > 0 and dist_c < 1e-2
+    theta_dc = np.column_stack([dc.coef_, dc.intercept_])
+    theta_lr = np.column_stack([lr.coef_, lr.intercept_])
+    # the identifiable (row-centred) parts: within dist_c; the raw coefficients: within dist_c + dist_s
+    assert np.linalg.norm(p_c @ (theta_dc - theta_lr).ravel()) <= dist_c
+    assert np.linalg.norm(dc.coef_ - lr.coef_) <= dist_c + dist_s
+    # softmax moves any probability by at most 1/4 of the range of the change in the scores (its Jacobian
+    # row i is p_i sum_j p_j (d_i - d_j), |.| <= p_i (1 - p_i) range(d) <= range(d) / 4); the S part moves
+    # no probability, and the rest moves each score by at most dist_c * ||[x, 1]||, so the range by twice
+    # that: the probabilities agree within dist_c * max ||[x, 1]|| / 2, plus float64 rounding (~1e-15)
+    p_tol = dist_c * np.sqrt(np.max(np.sum(logp**2, axis=1)) + 1) / 2 + 1e-13
+    np.testing.assert_allclose(dc.predict_proba(z), lr.predict_proba(logp), rtol=0, atol=p_tol)
+    # ours is at least as good a minimiser of the common objective, up to the gap its own gradient allows
+    # (f - f* <= ||g_c||^2 / (2 mu / 2) + ||g_S||^2 / (4 reg)) and float64 rounding of a mean of n terms
+    # and both reached the same minimum value: each within its gradient's gap of f*, so of each other
+    gap_dc = np.linalg.norm(p_c @ g_dc) ** 2 / mu + np.linalg.norm(p_s @ g_dc) ** 2 / (4 * reg)
+    gap_lr = np.linalg.norm(p_c @ g_lr) ** 2 / mu + np.linalg.norm(p_s @ g_lr) ** 2 / (4 * reg)
+    assert f_dc <= f_lr + gap_dc + 1e-12
+    assert abs(f_dc - f_lr) <= gap_dc + gap_lr + 1e-12
 
 
 def test_vector_scaling_matches_netcal_logistic(multi):
