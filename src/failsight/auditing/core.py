@@ -60,11 +60,13 @@ class StepStatus(Result):
 class Finding(Result):
     """One thing the audit found, in a sentence. ``severity`` ranks findings across pillars: roughly the
     share of predictions at stake (an ECE, an accuracy drop, a slice's regression), see
-    :mod:`failsight.auditing.findings` for each rule."""
+    :mod:`failsight.auditing.findings` for each rule. ``fix``: the finding reports the before/after of a fix
+    the audit applied (a calibrator, a Defuse fine-tune); the summary always shows it, whatever its rank."""
 
     pillar: str
     severity: float
     text: str
+    fix: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +119,8 @@ class AuditResult(Result):
 
     def summary(self, n: int = 5) -> str:
         """A short plain-text summary: the headline numbers, then the ``n`` findings that matter most, worst
-        first, then the steps that were skipped and why."""
+        first, then the outcome of every fix the audit applied that ranks below them, then the steps that were
+        skipped and why."""
         acc = self.metrics.get("reliability.accuracy")
         head = f"failsight audit of {self.model.get('name', 'the model')}"
         test = self.data.get("test", {})
@@ -127,6 +130,7 @@ class AuditResult(Result):
             head += f": accuracy {acc:.1%}"
         lines = [head + "."]
         lines += [f"{i}. {f.text}" for i, f in enumerate(self.findings[:n], start=1)]
+        lines += [f"fix applied: {f.text}" for f in self.findings[n:] if f.fix]
         if not self.findings:
             lines.append("No finding stands out.")
         lines += [f"skipped {s.step}: {s.reason}" for s in self.skipped]

@@ -13,6 +13,10 @@ different pillars can be ranked on one scale (worst first). The rules:
 * slices: the worst slice's gap to overall; a slice that regressed significantly against the baseline (or
   after a Defuse fix) by 1.5 × its drop, since it is the failure an aggregate number hides.
 
+A finding that reports a fix the audit applied (the calibrated ECE, the Defuse fine-tune's before/after) is
+marked ``fix``: it is never dropped and :meth:`AuditResult.summary` shows it whatever its rank, while its
+severity (the accuracy the fix cost, the ECE it started from) keeps ranking it among the rest.
+
 Findings below 0.005 severity are dropped, except that every step that ran keeps its most severe one. The
 list is ordered worst first, except that no pillar takes more than two of the first five places while
 another pillar has findings left: the summary should show where *each* pillar hurts most.
@@ -59,7 +63,7 @@ def _reliability(a: Any) -> list[Finding]:
             "temperature", "vector", "matrix") else f"; {a.best_calibrator} calibration brings it to {after:.3f}"
     elif a.metrics_calibrated is not None:
         text += "; no calibrator improves on it"
-    out.append(Finding("reliability", ece.value, text))
+    out.append(Finding("reliability", ece.value, text, fix=a.metrics_calibrated is not None))
     if a.threshold is not None:
         t = a.threshold
         out.append(Finding("reliability", 0.5 * (1 - t.coverage),
@@ -123,7 +127,8 @@ def _defuse(d: Any) -> list[Finding]:
         if c.test_accuracy_before is not None:
             text += f"; test accuracy {c.test_accuracy_before:.1%} → {c.test_accuracy_after:.1%}"
         drop = (c.test_accuracy_before - c.test_accuracy_after) if c.test_accuracy_before is not None else 0.0
-        out.append(Finding("defuse", max(drop, 0.0), text))
+        # ranked by the test accuracy it cost (a regression keeps its rank); shown whatever its rank (fix=True)
+        out.append(Finding("defuse", max(drop, 0.0), text, fix=True))
     if not d.regions:
         out.append(Finding("defuse", 0.0, f"no misclassification region found ({d.search.n_found} errors in "
                                           f"{d.search.n_tried} generated samples)"))
@@ -175,7 +180,7 @@ def collect_findings(result: AuditResult) -> list[Finding]:
         if not g:
             continue
         top = max(g, key=lambda f: f.severity)
-        keep += [f for f in g if f is top or f.severity >= _MIN_SEVERITY]
+        keep += [f for f in g if f is top or f.fix or f.severity >= _MIN_SEVERITY]
     return _diverse(sorted(keep, key=lambda f: -f.severity))
 
 
