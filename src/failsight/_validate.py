@@ -20,6 +20,10 @@ class FailsightInputError(ValueError):
     """Raised for invalid user input; the message says what is wrong and how to fix it."""
 
 
+class FailsightWarning(UserWarning):
+    """Issued for valid input whose result deserves caution (e.g. an estimate from very few samples)."""
+
+
 def to_numpy(x: Any, name: str = "array") -> np.ndarray:
     """Return ``x`` as a numpy array, accepting numpy arrays, torch tensors, lists and scalars."""
     if x is None:
