@@ -269,7 +269,7 @@ def _merge_groups(test: Any, groups: Any, y: np.ndarray, class_names: Sequence[s
             if isinstance(source, (str, Path)):
                 from failsight.slices import load_groups
 
-                source = load_groups(source)
+                source = load_groups(source, n_samples=len(y))
             else:
                 source = {"group": np.asarray(source)}
         for k, v in source.items():

@@ -615,7 +615,7 @@ def _check_group_array(name: str, g: Any) -> np.ndarray:
     return a
 
 
-def _groups_from_arg(groups: Any) -> dict[str, np.ndarray]:
+def _groups_from_arg(groups: Any, n_samples: int | None = None) -> dict[str, np.ndarray]:
     if isinstance(groups, (str, os.PathLike)):
         p = Path(groups)
         if p.suffix.lower() == ".npz" and p.is_file():  # the same layouts as groups inside a data .npz
@@ -629,7 +629,7 @@ def _groups_from_arg(groups: Any) -> dict[str, np.ndarray]:
             return found
         from failsight.slices.io import load_groups
 
-        found = load_groups(p)  # CSV: one slicing per column, named by the header
+        found = load_groups(p, n_samples=n_samples)  # CSV: one slicing per column, named by the header
         return {"group": found["groups"]} if list(found) == ["groups"] else found
     if isinstance(groups, Mapping):
         return {str(k): v for k, v in groups.items()}
@@ -875,7 +875,8 @@ def load_data(src: Any, y: Any = None, *, groups: Any = None, labels: str | os.P
     # groups
     all_groups = dict(src_groups)
     if groups is not None:
-        arg = _groups_from_arg(groups)
+        # the sample count settles whether a CSV's line 1 is a header (unless max_items made it ambiguous)
+        arg = _groups_from_arg(groups, n_samples=n if n == n_total else None)
         clash = sorted(set(arg) & set(all_groups))
         if clash:
             notes.append(f"groups given as an argument replace the stored slicing(s) {clash}.")
