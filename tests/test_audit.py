@@ -197,3 +197,27 @@ def test_fix_outcome_always_in_summary_and_a_regression_keeps_its_rank(before, a
         assert ("fix applied: " in text) == (fix[0] not in findings[:n])
     html = res.to_html(tmp_path / "r.html").read_text()
     assert html.count("Defuse fix") >= 1
+
+
+def test_margin_model_is_not_read_as_logits():
+    """issue 11 item 4: a LinearSVC's decision margins were reported as 'under-confident, ECE 0.284'."""
+    from sklearn.datasets import load_digits
+    from sklearn.svm import LinearSVC
+
+    from failsight.models.adapters import as_model
+
+    d = load_digits()
+    x, y = d.data / 16.0, d.target
+    svc = LinearSVC(C=0.1, max_iter=5000).fit(x[:900], y[:900])
+    assert as_model(svc).margins and as_model(svc).describe()["margins"] is True
+    res = failsight.audit(svc, (x[1300:], y[1300:]), steps=["reliability"], progress=False)
+    st = {s.step: s for s in res.steps}
+    assert st["reliability"].status == "skipped" and "not probabilities" in st["reliability"].reason
+    assert res.reliability is None and "reliability.ece" not in res.metrics
+    # with calibration data the margins are calibrated and the finding says what the numbers are
+    res = failsight.audit(svc, (x[1300:], y[1300:]), calibration=(x[900:1300], y[900:1300]), steps=["reliability"],
+                          calibrators=["temperature"], n_boot=20, progress=False)
+    assert res.reliability is not None
+    top = next(f for f in res.findings if f.pillar == "reliability" and "margins" in f.text)
+    assert top.fix and "not probabilities" in top.text
+    assert any("decision margins" in n for n in res.notes)

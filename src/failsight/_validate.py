@@ -23,14 +23,16 @@ _TORCH_WIDEN = {"torch.bfloat16": 2.0**-8, "torch.float8_e4m3fn": 2.0**-4, "torc
                 "torch.float8_e4m3fnuz": 2.0**-4, "torch.float8_e5m2fnuz": 2.0**-3}
 
 
-def _storage_roundoff(x: Any) -> float:
-    """Unit roundoff of the dtype ``x`` was stored in (0 for float32/64 and non-floats)."""
-    dt = getattr(x, "dtype", None)
-    if str(dt) in _TORCH_WIDEN:
-        return _TORCH_WIDEN[str(dt)]
-    if str(dt) in ("torch.float16", "float16"):
-        return 2.0**-11
-    return 0.0
+def _storage_roundoff(x: Any) -> tuple[float, float]:
+    """``(u, s)`` of the dtype ``x`` was stored in: unit roundoff and half the subnormal spacing (the absolute
+    error of storing a value too small for a normal number); ``(0, 0)`` for float32/64 and non-floats (their
+    storage errors, <= 6e-8 relative, are far inside :data:`PROB_SUM_ATOL`)."""
+    dt = str(getattr(x, "dtype", None))
+    if dt in _TORCH_WIDEN:
+        return _TORCH_WIDEN[dt], 0.0  # bfloat16/float8 subnormals are < 1e-38 (e5m2: 2**-17, negligible)
+    if dt in ("torch.float16", "float16"):
+        return 2.0**-11, 2.0**-25
+    return 0.0, 0.0
 
 
 class FailsightInputError(ValueError):
@@ -146,12 +148,14 @@ def check_probs(y_prob: Any, name: str = "y_prob", atol: float = PROB_SUM_ATOL,
     Entries must lie in [0, 1] and every row must sum to 1 within ``atol`` (default 1e-3, loose
     enough for float32 softmax outputs, tight enough to catch logits or unnormalised scores). Sums are taken
     in float64, so the tolerance is the same for any class count. Probabilities stored in a coarser dtype
-    (bfloat16, float8 tensors) get ``max(atol, 2u)`` for that dtype's unit roundoff ``u``: storing each entry
-    moves it by <= u relative, so a normalised row's sum by <= u, and the factor 2 covers the rounding of the
-    softmax that produced it (float16's 2u = 9.8e-4 is within the default already).
+    (float16 arrays or tensors, bfloat16/float8 tensors) get ``max(atol, 2u + k s)`` for that dtype's unit
+    roundoff ``u`` and half subnormal spacing ``s``: storing an entry moves it by <= u relative or <= s
+    absolute (for values below the normal range: many-class softmax outputs), so a normalised row's sum by
+    <= u + k s, and the factor 2 on u covers the rounding of the softmax that produced it.
     """
-    atol = max(atol, 2 * _storage_roundoff(y_prob))
+    u, sub = _storage_roundoff(y_prob)
     p = as_float_array(y_prob, name, ndim=(1, 2), allow_float32=allow_float32)
+    atol = max(atol, 2 * u + (p.shape[1] if p.ndim == 2 else 2) * sub)
     if p.ndim == 1:
         if p.min() < 0 or p.max() > 1:
             raise FailsightInputError(

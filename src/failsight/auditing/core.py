@@ -425,7 +425,14 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
 
     # reliability ---------------------------------------------------------------------------------------
     rel = None
-    if "reliability" in steps:
+    margins = bool(getattr(adapter, "margins", False))
+    if "reliability" in steps and margins and cal_d is None:
+        status["reliability"] = StepStatus("reliability", "skipped", reason=(
+            f"{adapter.name} has no predict_proba: its decision_function margins are not probabilities, so a "
+            "calibration error of them would be a made-up number; pass calibration= data (failsight then "
+            "calibrates the margins and reports the calibrated model) or wrap the model in "
+            "sklearn.calibration.CalibratedClassifierCV"))
+    elif "reliability" in steps:
         from failsight.reliability.analysis import analyze
 
         t = time.perf_counter()
@@ -437,6 +444,9 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
         if cal_d is None:
             notes.append("No calibration split: calibrators were not fitted and the risk threshold was chosen on "
                           "the test split itself (optimistic); pass calibration= for an honest threshold.")
+        if margins:
+            notes.append(f"{adapter.name} gives decision margins, not probabilities: the uncalibrated ECE is that of "
+                         "softmax(margins), which has no meaning of its own; read the calibrated numbers.")
 
     # robustness ----------------------------------------------------------------------------------------
     rob = None

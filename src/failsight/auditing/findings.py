@@ -49,7 +49,7 @@ def _finite(v: Any) -> float | None:
 # ------------------------------------------------------------------------------------------ reliability
 
 
-def _reliability(a: Any) -> list[Finding]:
+def _reliability(a: Any, margins: bool = False) -> list[Finding]:
     out = []
     ece = a.metric("ece")
     acc = a.accuracy
@@ -63,7 +63,19 @@ def _reliability(a: Any) -> list[Finding]:
             "temperature", "vector", "matrix") else f"; {a.best_calibrator} calibration brings it to {after:.3f}"
     elif a.metrics_calibrated is not None:
         text += "; no calibrator improves on it"
-    out.append(Finding("reliability", ece.value, text, fix=a.metrics_calibrated is not None))
+    if margins and a.metrics_calibrated is not None and a.best_calibrator not in (None, "uncalibrated"):
+        # decision margins have no probabilities to be calibrated or not: the model is what calibration made
+        after = a.metric("ece", calibrated=True).value
+        text = (f"the model gives decision margins, not probabilities: calibrated with {a.best_calibrator}, its "
+                f"ECE is {after:.3f} (softmax of the raw margins: {ece.value:.3f}, not meaningful)")
+        out.append(Finding("reliability", after, text, fix=True))
+    elif margins:
+        out.append(Finding("reliability", ece.value, "the model gives decision margins, not probabilities, and no "
+                                                     "calibrator improves on softmax(margins): its ECE "
+                                                     f"{ece.value:.3f} says little; calibrate it on more data",
+                           fix=a.metrics_calibrated is not None))
+    else:
+        out.append(Finding("reliability", ece.value, text, fix=a.metrics_calibrated is not None))
     if a.threshold is not None:
         t = a.threshold
         out.append(Finding("reliability", 0.5 * (1 - t.coverage),
@@ -168,7 +180,7 @@ def collect_findings(result: AuditResult) -> list[Finding]:
     """Findings of every step that ran, most severe first (see the module docstring for the rules)."""
     groups: list[list[Finding]] = []
     if result.reliability is not None:
-        groups.append(_reliability(result.reliability))
+        groups.append(_reliability(result.reliability, margins=bool(result.model.get("margins"))))
     if result.robustness is not None:
         groups.append(_robustness(result.robustness))
     if result.defuse is not None:
