@@ -397,3 +397,28 @@ def test_robustness_loader_reads_folders_and_idx(tmp_path, digits):
         load_labelled_images(tmp_path / "t10k-images-idx3-ubyte")
     li = load_labelled_images(tmp_path / "t10k-images-idx3-ubyte", image_size=12)
     assert li.x.shape == (12, 1, 12, 12)
+
+
+def test_integer_images_with_an_ambiguous_scale_are_refused_with_the_fix():
+    """issue 11 item 5: int64 digits (0..16) were divided by 255 into nearly black images."""
+    from sklearn.datasets import load_digits
+
+    from failsight.datasets.io import normalize_images
+
+    digits = load_digits()
+    x = digits.images.astype(np.int64)  # (1797, 8, 8), 0..16
+    with pytest.raises(FailsightInputError, match=r"ambiguous.*x / 16\.0"):
+        load_data(x, digits.target)
+    # the fix the message names gives the images the digits loader uses
+    d = load_data(x / 16.0, digits.target)
+    assert d.x.max() == 1.0 and d.x.dtype == np.float32
+    # binary 0/1 integer masks: ambiguous too (astype(bool) or / 1.0 says what is meant)
+    with pytest.raises(FailsightInputError, match="ambiguous"):
+        normalize_images(np.eye(8, dtype=np.int32)[None].repeat(2, 0))
+    # safe inferences stay: uint8 is 8-bit by its type; a wider type whose values use the 8th bit is 0..255
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 17, size=(3, 8, 8), dtype=np.uint8)
+    np.testing.assert_allclose(normalize_images(u8)[0][:, 0], u8 / np.float32(255.0))
+    wide = rng.integers(0, 256, size=(3, 8, 8)).astype(np.int64)
+    wide[0, 0, 0] = 200
+    np.testing.assert_allclose(normalize_images(wide)[0][:, 0], wide / np.float32(255.0), rtol=1e-6)

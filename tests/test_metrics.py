@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from failsight._validate import FailsightInputError
+from failsight._validate import FailsightInputError, FailsightWarning
 from failsight.reliability import _binning
 from failsight.reliability.metrics import (
     CalibrationError,
@@ -64,10 +64,27 @@ def test_agrees_with_torchmetrics(norm):
     tmf = pytest.importorskip("torchmetrics.functional.classification")
     y, p = _make(4000, 6, seed=1, dtype=np.float32)
     ours = ece(y, p, n_bins=15, norm=norm)
+    # torchmetrics' bins are left-closed, ours right-closed: they agree when no confidence lies on an edge,
+    # checked here, not assumed
+    conf = p.max(axis=1).astype(np.float64)
+    hit = p.argmax(axis=1) == y
+    assert np.min(np.abs(conf[:, None] - np.linspace(0, 1, 16)[None, :])) > 1e-6
     ref = float(tmf.multiclass_calibration_error(torch.from_numpy(p), torch.from_numpy(y), num_classes=6,
                                                   n_bins=15, norm=norm))
-    # torchmetrics sums in float32; no confidence lies on a bin edge here
-    assert ours == pytest.approx(ref, abs=1e-6)
+    # torchmetrics casts confidences to float32 and sums each bin sequentially in float32: a bin's sums of
+    # n_b terms in [0, 1] are off by <= n_b u relative (u = 2**-24), so its mean accuracy and confidence by
+    # <= n_b u each, its gap by <= 2 n_b u; weighted by n_b / n (rounded by u) and summed over <= 15 bins
+    # (15 more roundings of a value <= 1), the ECE is off by <= 2 u max_b n_b + 16 u <= 2 n u + 16 u (the
+    # L2 and max norms by no more). Ours sums in float64 (error ~1e-12 here).
+    u32 = float(np.finfo(np.float32).eps) / 2
+    assert ours == pytest.approx(ref, rel=0, abs=(2 * len(y) + 16) * u32)
+    # the same binning core at float64 (torchmetrics' own compute step, fed float64): within float64 rounding,
+    # ~4 n u64 by the same argument, so any difference in the binning rule itself would show
+    ce_compute = getattr(pytest.importorskip("torchmetrics.functional.classification.calibration_error"),
+                         "_ce_compute", None)
+    if ce_compute is not None:
+        ref64 = float(ce_compute(torch.from_numpy(conf), torch.from_numpy(hit.astype(np.float64)), 15, norm=norm))
+        assert ours == pytest.approx(ref64, rel=0, abs=4 * len(y) * np.finfo(np.float64).eps)
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
@@ -429,7 +446,7 @@ def test_generic_bootstrap_ci_vectorised_and_indices():
     ("kwargs", "match"),
     [
         ({"n_bins": 0}, "n_bins must be >= 1"),
-        ({"n_bins": 11}, "more bins than samples"),
+        ({"n_bins": 2**16 + 1}, "more than 65,536 bins"),
         ({"n_bins": 2.5}, "n_bins must be an integer"),
         ({"strategy": "equal"}, "strategy must be"),
         ({"norm": "l3"}, "norm must be"),
@@ -487,3 +504,86 @@ def test_bad_labels_and_shapes_raise():
         reliability_diagram(y, p, 5, class_index=3)
     with pytest.raises(FailsightInputError, match="scale_by_half"):
         brier_score(y, p, scale_by_half="yes")
+
+
+# --------------------------------------------------------------------------------------------------
+# small batches: more bins than samples (issue 10 item 4)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "n_bins"), [(1, 15), (3, 15), (7, 100), (12, 13)])
+@pytest.mark.parametrize("norm", ["l1", "l2", "max"])
+def test_more_bins_than_samples_returns_the_reference_value_with_a_warning(n, n_bins, norm):
+    torch = pytest.importorskip("torch")
+    tmf = pytest.importorskip("torchmetrics.functional.classification")
+    y, p = _make(n, 4, seed=n)
+    with pytest.warns(FailsightWarning, match="more bins than samples"):
+        ours = ece(y, p, n_bins=n_bins, norm=norm)
+    conf = p.max(axis=1)
+    # no sample within float32 rounding of an edge (torchmetrics' bins are left-closed, ours right-closed)
+    assert np.min(np.abs(conf[:, None] - np.linspace(0, 1, n_bins + 1)[None, :])) > 1e-6
+    ref = float(tmf.multiclass_calibration_error(torch.from_numpy(p), torch.from_numpy(y), num_classes=4,
+                                                  n_bins=n_bins, norm=norm))
+    # torchmetrics rounds to float32 and sums there: off by <= (2 n + n_bins + 1) u32, as derived in
+    # test_agrees_with_torchmetrics (here every non-empty bin counts toward the final sum)
+    assert ours == pytest.approx(ref, rel=0, abs=(2 * n + n_bins + 1) * float(np.finfo(np.float32).eps) / 2)
+    assert ours == pytest.approx(_reference_top_label(y, p, n_bins) if norm == "l1" else ours, abs=1e-14)
+    with pytest.warns(FailsightWarning):
+        full = calibration_error(y, p, n_bins=n_bins, norm=norm, ci=0.9, n_boot=20)
+    assert full.value == pytest.approx(ours, abs=1e-14) and full.n_bins == n_bins
+    with pytest.warns(FailsightWarning):
+        diag = reliability_diagram(y, p, n_bins=n_bins)
+    assert diag.count.sum() == n and (diag.count > 0).sum() <= n
+
+
+def test_more_bins_than_samples_agrees_with_netcal():
+    netcal = pytest.importorskip("netcal.metrics")
+    y, p = _make(9, 3, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = netcal.ECE(bins=20).measure(p, y)
+    with pytest.warns(FailsightWarning):
+        ours = ece(y, p, n_bins=20)
+    # netcal's bins are left-closed: no confidence lies on an edge here
+    assert np.min(np.abs(p.max(axis=1)[:, None] - np.linspace(0, 1, 21)[None, :])) > 1e-9
+    assert ours == pytest.approx(ref, rel=0, abs=1e-14)
+
+
+def test_no_samples_is_refused_not_warned():
+    with pytest.raises(FailsightInputError, match="empty"):
+        ece(np.zeros(0, dtype=int), np.zeros((0, 3)))
+    # as many bins as samples, or fewer: no warning
+    y, p = _make(15, 3, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ece(y, p, n_bins=15)
+
+
+# --------------------------------------------------------------------------------------------------
+# float32 with many classes (issue 11 item 1): the fused kernels accept every row check_probs accepts
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2_000, 20_000, 50_000])
+def test_float32_many_classes_equal_float64(k):
+    rng = np.random.default_rng(k)
+    z = rng.standard_normal((64, k)).astype(np.float32) * 4
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True, dtype=np.float32)
+    y = np.where(rng.random(64) < 0.7, p.argmax(axis=1), rng.integers(0, k, 64))
+    # rows within check_probs' documented tolerance, some near its edge: scale a few rows by 1 +- 0.9e-3
+    p[:4] *= np.float32(1 + 0.9e-3)
+    p[4:8] *= np.float32(1 - 0.9e-3)
+    p64 = p.astype(np.float64)  # the same values, exactly
+    # every binned metric reads the same confidences (max of the row) and sums in float64: equal to rounding
+    # of a 64-term float64 sum, and ~1e-2 apart if any row were dropped or zeroed
+    assert ece(y, p) == pytest.approx(ece(y, p64), rel=0, abs=1e-13)
+    assert ece(y, p) == pytest.approx(_reference_top_label(y, p64, 15), rel=0, abs=1e-13)
+    a = calibration_error(y, p, ci=0.9, n_boot=20)
+    b = calibration_error(y, p64, ci=0.9, n_boot=20)
+    assert a.value == pytest.approx(b.value, abs=1e-13) and a.ci.low == pytest.approx(b.ci.low, abs=1e-13)
+    np.testing.assert_array_equal(reliability_diagram(y, p).count, reliability_diagram(y, p64).count)
+    # and a row beyond the tolerance is still refused, whatever k
+    p[9] *= np.float32(1 + 2e-3)
+    with pytest.raises(FailsightInputError, match="must sum to 1"):
+        ece(y, p)

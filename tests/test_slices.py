@@ -525,3 +525,49 @@ def test_load_groups_csv_errors(tmp_path):
     (tmp_path / "empty.csv").write_text("\n")
     with pytest.raises(FailsightInputError, match="empty"):
         load_groups(tmp_path / "empty.csv")
+
+
+# ------------------------------------------------------------- issue 11: misread predictions and group files
+
+
+def test_max_probabilities_with_multiclass_labels_are_refused():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 200)
+    p = rng.dirichlet(np.ones(10), 200)
+    with pytest.raises(FailsightInputError, match=r"max-probabilities.*p.argmax\(axis=1\)"):
+        evaluate(y, p.max(axis=1), y % 3)
+    with pytest.raises(FailsightInputError, match="only 4 columns"):
+        evaluate(y, p[:, :4] / p[:, :4].sum(1, keepdims=True), y % 3)
+    # binary P(class 1) with binary labels is still read as such
+    yb = (rng.random(200) < 0.5).astype(int)
+    rep = evaluate(yb, np.where(yb == 1, 0.8, 0.3), yb, min_size=1)
+    assert rep.overall == pytest.approx(1.0)
+
+
+def test_headerless_groups_csv_with_a_unique_first_label(tmp_path):
+    f = tmp_path / "g.csv"
+    f.write_text("red\nblue\nblue\ngreen\ngreen\n")  # 'red' occurs once: the value heuristic calls it a header
+    assert list(load_groups(f)) == ["red"]  # without the sample count the file is ambiguous
+    out = load_groups(f, n_samples=5)  # with it, 5 rows for 5 samples: no header
+    assert out["groups"].tolist() == ["red", "blue", "blue", "green", "green"]
+    g = tmp_path / "h.csv"
+    g.write_text("colour\nred\nblue\nblue\ngreen\ngreen\n")
+    assert load_groups(g, n_samples=5)["colour"].tolist() == ["red", "blue", "blue", "green", "green"]
+    with pytest.raises(FailsightInputError, match=r"has 5 data rows .* but there are 7 samples"):
+        load_groups(g, n_samples=7)
+    # the audit and load_data pass the sample count
+    from failsight.datasets.io import load_data
+
+    d = load_data(np.zeros((5, 2)), np.array([0, 1, 1, 0, 0]), groups=f)
+    assert d.groups["group"].tolist() == ["red", "blue", "blue", "green", "green"]
+
+
+def test_empty_group_value_is_reported_as_empty_not_as_a_length_mismatch(tmp_path):
+    f = tmp_path / "g.csv"
+    f.write_text("colour\nred\n\nblue\nred\n\n")  # line 3 is an empty label; the trailing blank line is layout
+    with pytest.raises(FailsightInputError, match=r"1 empty value.*line 3"):
+        load_groups(f)
+    g = tmp_path / "two.csv"
+    g.write_text("colour,shape\nred,star\n\nblue,circle\n")
+    with pytest.raises(FailsightInputError, match=r"empty value.*line 3"):
+        load_groups(g)

@@ -12,12 +12,35 @@ from typing import Any
 
 import numpy as np
 
-#: Rows of a probability matrix may deviate from summing to one by at most this much.
+#: Rows of a probability matrix may deviate from summing to one by at most this much. Row sums are
+#: computed in float64 (float32 entries widen exactly), so float rounding adds ~k * 1e-16 for k classes:
+#: the same tolerance holds for float16/32/64 and any class count.
 PROB_SUM_ATOL = 1e-3
+
+#: torch dtypes numpy has no equivalent of, with their unit roundoff (half the machine epsilon); every value
+#: of each is exactly a float32, which is what :func:`to_numpy` turns them into.
+_TORCH_WIDEN = {"torch.bfloat16": 2.0**-8, "torch.float8_e4m3fn": 2.0**-4, "torch.float8_e5m2": 2.0**-3,
+                "torch.float8_e4m3fnuz": 2.0**-4, "torch.float8_e5m2fnuz": 2.0**-3}
+
+
+def _storage_roundoff(x: Any) -> tuple[float, float]:
+    """``(u, s)`` of the dtype ``x`` was stored in: unit roundoff and half the subnormal spacing (the absolute
+    error of storing a value too small for a normal number); ``(0, 0)`` for float32/64 and non-floats (their
+    storage errors, <= 6e-8 relative, are far inside :data:`PROB_SUM_ATOL`)."""
+    dt = str(getattr(x, "dtype", None))
+    if dt in _TORCH_WIDEN:
+        return _TORCH_WIDEN[dt], 0.0  # bfloat16/float8 subnormals are < 1e-38 (e5m2: 2**-17, negligible)
+    if dt in ("torch.float16", "float16"):
+        return 2.0**-11, 2.0**-25
+    return 0.0, 0.0
 
 
 class FailsightInputError(ValueError):
     """Raised for invalid user input; the message says what is wrong and how to fix it."""
+
+
+class FailsightWarning(UserWarning):
+    """Issued for valid input whose result deserves caution (e.g. an estimate from very few samples)."""
 
 
 def to_numpy(x: Any, name: str = "array") -> np.ndarray:
@@ -25,7 +48,16 @@ def to_numpy(x: Any, name: str = "array") -> np.ndarray:
     if x is None:
         raise FailsightInputError(f"{name} is None; pass an array.")
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(getattr(x, "dtype", "")) in _TORCH_WIDEN:  # no numpy dtype: widen exactly to float32
+            x = x.float()
+        try:
+            x = x.numpy()
+        except (TypeError, RuntimeError) as exc:
+            raise FailsightInputError(
+                f"{name} is a torch tensor of dtype {x.dtype}, which numpy cannot hold ({exc}); convert it "
+                "first, e.g. tensor.float() or tensor.long()."
+            ) from exc
     try:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
@@ -36,6 +68,11 @@ def as_float_array(x: Any, name: str = "array", ndim: int | tuple[int, ...] | No
                    allow_float32: bool = True) -> np.ndarray:
     """Convert to a finite floating array (float32 kept when ``allow_float32``, else float64)."""
     arr = to_numpy(x, name)
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise FailsightInputError(
+            f"{name} holds complex numbers (dtype {arr.dtype}); failsight needs real values. Pass the part "
+            "you mean explicitly (x.real, or np.abs(x) for magnitudes)."
+        )
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise FailsightInputError(f"{name} must be numeric, got dtype {arr.dtype}.")
     if ndim is not None:
@@ -76,6 +113,17 @@ def check_labels(y: Any, n_classes: int | None = None, name: str = "y_true") -> 
             raise FailsightInputError(
                 f"{name} holds non-integer values; labels must be class indices 0..k-1."
             )
+        if float(np.abs(arr).max()) >= 2.0**63:  # would wrap in int64
+            raise FailsightInputError(
+                f"{name} has label {float(arr.max() if arr.max() >= 2.0**63 else arr.min()):.6g}, far outside "
+                "any class range; labels must be class indices 0..k-1."
+            )
+    elif np.issubdtype(arr.dtype, np.unsignedinteger):
+        if int(arr.max()) > np.iinfo(np.int64).max:  # would wrap to a negative int64
+            raise FailsightInputError(
+                f"{name} has label {int(arr.max())} (dtype {arr.dtype}), far outside any class range; labels "
+                "must be class indices 0..k-1 (a value of 2**64-1 is often -1 stored unsigned)."
+            )
     elif not np.issubdtype(arr.dtype, np.integer):
         raise FailsightInputError(
             f"{name} must hold integer class indices, got dtype {arr.dtype}. "
@@ -98,9 +146,16 @@ def check_probs(y_prob: Any, name: str = "y_prob", atol: float = PROB_SUM_ATOL,
     """Validate probabilities; returns ``(n, k)`` (a binary ``(n,)`` input becomes ``(n, 2)``).
 
     Entries must lie in [0, 1] and every row must sum to 1 within ``atol`` (default 1e-3, loose
-    enough for float32 softmax outputs, tight enough to catch logits or unnormalised scores).
+    enough for float32 softmax outputs, tight enough to catch logits or unnormalised scores). Sums are taken
+    in float64, so the tolerance is the same for any class count. Probabilities stored in a coarser dtype
+    (float16 arrays or tensors, bfloat16/float8 tensors) get ``max(atol, 2u + k s)`` for that dtype's unit
+    roundoff ``u`` and half subnormal spacing ``s``: storing an entry moves it by <= u relative or <= s
+    absolute (for values below the normal range: many-class softmax outputs), so a normalised row's sum by
+    <= u + k s, and the factor 2 on u covers the rounding of the softmax that produced it.
     """
+    u, sub = _storage_roundoff(y_prob)
     p = as_float_array(y_prob, name, ndim=(1, 2), allow_float32=allow_float32)
+    atol = max(atol, 2 * u + (p.shape[1] if p.ndim == 2 else 2) * sub)
     if p.ndim == 1:
         if p.min() < 0 or p.max() > 1:
             raise FailsightInputError(
@@ -134,6 +189,25 @@ def looks_like_probs(x: np.ndarray) -> bool:
     if x.ndim == 1:
         return True
     return bool(np.all(np.abs(x.sum(axis=1, dtype=np.float64) - 1.0) <= PROB_SUM_ATOL))
+
+
+def resolve_prediction_kind(x: np.ndarray, is_logits: bool | None, name: str = "predictions") -> bool:
+    """Whether ``x`` holds logits: detected with :func:`looks_like_probs` when ``is_logits`` is None. Declared
+    logits that are plainly probabilities ((n, k >= 2), every entry in [0, 1], rows summing to 1 within
+    :data:`PROB_SUM_ATOL` -- which real logits essentially never are) are read as probabilities with a
+    :class:`FailsightWarning`: a softmax of probabilities would flatten them and give wrong numbers. 1-D
+    values in [0, 1] are ambiguous (small binary margins) and follow the declaration."""
+    if is_logits is None:
+        return not looks_like_probs(x)
+    if is_logits and x.ndim == 2 and x.shape[1] >= 2 and looks_like_probs(x):
+        import warnings
+
+        warnings.warn(
+            f"{name} were given as logits but every row is a probability distribution (values in [0, 1] "
+            "summing to 1); reading them as probabilities. Save probabilities under 'probs' (or pass "
+            "is_logits=False) to silence this.", FailsightWarning, stacklevel=3)
+        return False
+    return bool(is_logits)
 
 
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
@@ -173,9 +247,22 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_float(value: Any, name: str) -> float:
+    """A finite real number given as a Python/numpy int or float (not a string, None, bool or complex)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        hint = ""
+        if isinstance(value, str):
+            hint = " (a number, not a string" + (": 95% is 0.95" if value.strip().endswith("%") else "") + ")"
+        raise FailsightInputError(f"{name} must be a number{hint}, got {value!r}.")
+    v = float(value)
+    if not np.isfinite(v):
+        raise FailsightInputError(f"{name} must be finite, got {value!r}.")
+    return v
+
+
 def check_fraction(value: Any, name: str, open_low: bool = True, open_high: bool = True) -> float:
     """Validate a float in (0, 1) (ends open or closed as asked)."""
-    v = float(value)
+    v = check_float(value, name)
     lo_ok = v > 0 if open_low else v >= 0
     hi_ok = v < 1 if open_high else v <= 1
     if not (lo_ok and hi_ok and np.isfinite(v)):

@@ -60,11 +60,13 @@ class StepStatus(Result):
 class Finding(Result):
     """One thing the audit found, in a sentence. ``severity`` ranks findings across pillars: roughly the
     share of predictions at stake (an ECE, an accuracy drop, a slice's regression), see
-    :mod:`failsight.auditing.findings` for each rule."""
+    :mod:`failsight.auditing.findings` for each rule. ``fix``: the finding reports the before/after of a fix
+    the audit applied (a calibrator, a Defuse fine-tune); the summary always shows it, whatever its rank."""
 
     pillar: str
     severity: float
     text: str
+    fix: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +119,8 @@ class AuditResult(Result):
 
     def summary(self, n: int = 5) -> str:
         """A short plain-text summary: the headline numbers, then the ``n`` findings that matter most, worst
-        first, then the steps that were skipped and why."""
+        first, then the outcome of every fix the audit applied that ranks below them, then the steps that were
+        skipped and why."""
         acc = self.metrics.get("reliability.accuracy")
         head = f"failsight audit of {self.model.get('name', 'the model')}"
         test = self.data.get("test", {})
@@ -127,6 +130,7 @@ class AuditResult(Result):
             head += f": accuracy {acc:.1%}"
         lines = [head + "."]
         lines += [f"{i}. {f.text}" for i, f in enumerate(self.findings[:n], start=1)]
+        lines += [f"fix applied: {f.text}" for f in self.findings[n:] if f.fix]
         if not self.findings:
             lines.append("No finding stands out.")
         lines += [f"skipped {s.step}: {s.reason}" for s in self.skipped]
@@ -265,7 +269,7 @@ def _merge_groups(test: Any, groups: Any, y: np.ndarray, class_names: Sequence[s
             if isinstance(source, (str, Path)):
                 from failsight.slices import load_groups
 
-                source = load_groups(source)
+                source = load_groups(source, n_samples=len(y))
             else:
                 source = {"group": np.asarray(source)}
         for k, v in source.items():
@@ -421,7 +425,14 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
 
     # reliability ---------------------------------------------------------------------------------------
     rel = None
-    if "reliability" in steps:
+    margins = bool(getattr(adapter, "margins", False))
+    if "reliability" in steps and margins and cal_d is None:
+        status["reliability"] = StepStatus("reliability", "skipped", reason=(
+            f"{adapter.name} has no predict_proba: its decision_function margins are not probabilities, so a "
+            "calibration error of them would be a made-up number; pass calibration= data (failsight then "
+            "calibrates the margins and reports the calibrated model) or wrap the model in "
+            "sklearn.calibration.CalibratedClassifierCV"))
+    elif "reliability" in steps:
         from failsight.reliability.analysis import analyze
 
         t = time.perf_counter()
@@ -433,6 +444,9 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
         if cal_d is None:
             notes.append("No calibration split: calibrators were not fitted and the risk threshold was chosen on "
                           "the test split itself (optimistic); pass calibration= for an honest threshold.")
+        if margins:
+            notes.append(f"{adapter.name} gives decision margins, not probabilities: the uncalibrated ECE is that of "
+                         "softmax(margins), which has no meaning of its own; read the calibrated numbers.")
 
     # robustness ----------------------------------------------------------------------------------------
     rob = None

@@ -13,6 +13,10 @@ different pillars can be ranked on one scale (worst first). The rules:
 * slices: the worst slice's gap to overall; a slice that regressed significantly against the baseline (or
   after a Defuse fix) by 1.5 × its drop, since it is the failure an aggregate number hides.
 
+A finding that reports a fix the audit applied (the calibrated ECE, the Defuse fine-tune's before/after) is
+marked ``fix``: it is never dropped and :meth:`AuditResult.summary` shows it whatever its rank, while its
+severity (the accuracy the fix cost, the ECE it started from) keeps ranking it among the rest.
+
 Findings below 0.005 severity are dropped, except that every step that ran keeps its most severe one. The
 list is ordered worst first, except that no pillar takes more than two of the first five places while
 another pillar has findings left: the summary should show where *each* pillar hurts most.
@@ -45,7 +49,7 @@ def _finite(v: Any) -> float | None:
 # ------------------------------------------------------------------------------------------ reliability
 
 
-def _reliability(a: Any) -> list[Finding]:
+def _reliability(a: Any, margins: bool = False) -> list[Finding]:
     out = []
     ece = a.metric("ece")
     acc = a.accuracy
@@ -59,7 +63,19 @@ def _reliability(a: Any) -> list[Finding]:
             "temperature", "vector", "matrix") else f"; {a.best_calibrator} calibration brings it to {after:.3f}"
     elif a.metrics_calibrated is not None:
         text += "; no calibrator improves on it"
-    out.append(Finding("reliability", ece.value, text))
+    if margins and a.metrics_calibrated is not None and a.best_calibrator not in (None, "uncalibrated"):
+        # decision margins have no probabilities to be calibrated or not: the model is what calibration made
+        after = a.metric("ece", calibrated=True).value
+        text = (f"the model gives decision margins, not probabilities: calibrated with {a.best_calibrator}, its "
+                f"ECE is {after:.3f} (softmax of the raw margins: {ece.value:.3f}, not meaningful)")
+        out.append(Finding("reliability", after, text, fix=True))
+    elif margins:
+        out.append(Finding("reliability", ece.value, "the model gives decision margins, not probabilities, and no "
+                                                     "calibrator improves on softmax(margins): its ECE "
+                                                     f"{ece.value:.3f} says little; calibrate it on more data",
+                           fix=a.metrics_calibrated is not None))
+    else:
+        out.append(Finding("reliability", ece.value, text, fix=a.metrics_calibrated is not None))
     if a.threshold is not None:
         t = a.threshold
         out.append(Finding("reliability", 0.5 * (1 - t.coverage),
@@ -123,7 +139,8 @@ def _defuse(d: Any) -> list[Finding]:
         if c.test_accuracy_before is not None:
             text += f"; test accuracy {c.test_accuracy_before:.1%} → {c.test_accuracy_after:.1%}"
         drop = (c.test_accuracy_before - c.test_accuracy_after) if c.test_accuracy_before is not None else 0.0
-        out.append(Finding("defuse", max(drop, 0.0), text))
+        # ranked by the test accuracy it cost (a regression keeps its rank); shown whatever its rank (fix=True)
+        out.append(Finding("defuse", max(drop, 0.0), text, fix=True))
     if not d.regions:
         out.append(Finding("defuse", 0.0, f"no misclassification region found ({d.search.n_found} errors in "
                                           f"{d.search.n_tried} generated samples)"))
@@ -163,7 +180,7 @@ def collect_findings(result: AuditResult) -> list[Finding]:
     """Findings of every step that ran, most severe first (see the module docstring for the rules)."""
     groups: list[list[Finding]] = []
     if result.reliability is not None:
-        groups.append(_reliability(result.reliability))
+        groups.append(_reliability(result.reliability, margins=bool(result.model.get("margins"))))
     if result.robustness is not None:
         groups.append(_robustness(result.robustness))
     if result.defuse is not None:
@@ -175,7 +192,7 @@ def collect_findings(result: AuditResult) -> list[Finding]:
         if not g:
             continue
         top = max(g, key=lambda f: f.severity)
-        keep += [f for f in g if f is top or f.severity >= _MIN_SEVERITY]
+        keep += [f for f in g if f is top or f.fix or f.severity >= _MIN_SEVERITY]
     return _diverse(sorted(keep, key=lambda f: -f.severity))
 
 

@@ -34,6 +34,9 @@ def summary_section(res: AuditResult, n: int = 5) -> Section:
     items = Markup("").join(
         Markup('<li><a href="#{}">{}</a>: {}</li>').format(_TONE[f.pillar], f.pillar, f.text)
         for f in res.findings[:n])
+    items += Markup("").join(  # a fix's before/after is always shown, whatever its rank
+        Markup('<li class="fix"><a href="#{}">{}</a> (fix applied): {}</li>').format(_TONE[f.pillar], f.pillar, f.text)
+        for f in res.findings[n:] if f.fix)
     if items:
         sec.html(Markup('<ol class="findings">{}</ol>').format(items))
     else:

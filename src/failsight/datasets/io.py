@@ -98,7 +98,8 @@ def normalize_images(arr: Any, name: str = "x", *, min_size: int = 1,
     """Bring images to float32 ``(n, C, H, W)`` in [0, 1], C in {1, 3}.
 
     Accepts ``(n, C, H, W)``, ``(n, H, W, C)`` (transposed) and ``(n, H, W)`` (one channel added), with
-    values in [0, 1] (floats), 0..255 (uint8 or other integer types; divided by 255) or booleans. Returns
+    values in [0, 1] (floats), 0..255 (uint8, or another integer type whose values exceed 127; divided by
+    255) or booleans; other integer images are refused as ambiguous (say 0..16: divide them yourself). Returns
     the images, the layout read ("NCHW", "NHWC" or "NHW") and one note per conversion. Images smaller
     than ``min_size`` pixels a side are refused ("``purpose`` need at least ..."). Anything else raises
     :class:`FailsightInputError` saying what to change.
@@ -145,6 +146,16 @@ def normalize_images(arr: Any, name: str = "x", *, min_size: int = 1,
             raise FailsightInputError(
                 f"{name} holds integers in [{lo}, {hi}]; integer images must lie in 0..255 (8-bit). Rescale "
                 "them, or save floats in [0, 1]."
+            )
+        # uint8 says 8-bit. A wider integer type says nothing about the scale: 0..255 is inferred only when the
+        # values use the 8th bit (max > 127); smaller ranges (sklearn's digits are 0..16, binary masks 0..1,
+        # 4-bit sensors 0..15) would be read as nearly black images, so they are refused with the fix
+        if a.dtype != np.uint8 and hi <= 127:
+            raise FailsightInputError(
+                f"{name} holds {a.dtype} values in [{lo}, {hi}]: the pixel scale is ambiguous (0..{hi} as full "
+                "range, or dark 8-bit images?). Convert to floats in [0, 1] with the scale you mean, e.g. "
+                f"x / {hi}.0 (0..{hi} is the full range, as sklearn's digits' 0..16), or x.astype(np.uint8) if "
+                "they are 8-bit values."
             )
         notes.append(f"{name}: {a.dtype} values 0..255 divided by 255 to [0, 1].")
         a = a.astype(np.float32) / np.float32(255.0)
@@ -615,7 +626,7 @@ def _check_group_array(name: str, g: Any) -> np.ndarray:
     return a
 
 
-def _groups_from_arg(groups: Any) -> dict[str, np.ndarray]:
+def _groups_from_arg(groups: Any, n_samples: int | None = None) -> dict[str, np.ndarray]:
     if isinstance(groups, (str, os.PathLike)):
         p = Path(groups)
         if p.suffix.lower() == ".npz" and p.is_file():  # the same layouts as groups inside a data .npz
@@ -629,7 +640,7 @@ def _groups_from_arg(groups: Any) -> dict[str, np.ndarray]:
             return found
         from failsight.slices.io import load_groups
 
-        found = load_groups(p)  # CSV: one slicing per column, named by the header
+        found = load_groups(p, n_samples=n_samples)  # CSV: one slicing per column, named by the header
         return {"group": found["groups"]} if list(found) == ["groups"] else found
     if isinstance(groups, Mapping):
         return {str(k): v for k, v in groups.items()}
@@ -875,7 +886,8 @@ def load_data(src: Any, y: Any = None, *, groups: Any = None, labels: str | os.P
     # groups
     all_groups = dict(src_groups)
     if groups is not None:
-        arg = _groups_from_arg(groups)
+        # the sample count settles whether a CSV's line 1 is a header (unless max_items made it ambiguous)
+        arg = _groups_from_arg(groups, n_samples=n if n == n_total else None)
         clash = sorted(set(arg) & set(all_groups))
         if clash:
             notes.append(f"groups given as an argument replace the stored slicing(s) {clash}.")

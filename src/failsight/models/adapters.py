@@ -580,7 +580,9 @@ class SklearnAdapter(ModelAdapter):
     ``decision_function`` (or ``output="logits"``) is read as returning logits: multi-class scores ``(n, k)``
     as they are, a binary score ``d`` ``(n,)`` as two columns ``[-d/2, d/2]``, whose softmax is
     ``sigmoid(d)`` for class 1 (exactly ``predict_proba`` for logistic models; for SVMs a monotone score,
-    not a calibrated probability: calibrate it with ``failsight.reliability``). Image inputs
+    not a calibrated probability: calibrate it with ``failsight.reliability``). ``margins`` is True for an
+    estimator without ``predict_proba``: its scores are not probabilities in any sense, and the audit says so
+    (it calibrates them when given calibration data and refuses calibration metrics otherwise). Image inputs
     ``(n, C, H, W)`` are flattened to ``(n, C*H*W)`` when that matches the estimator's ``n_features_in_``.
     Columns follow ``classes_`` (see :attr:`classes`)."""
 
@@ -609,6 +611,9 @@ class SklearnAdapter(ModelAdapter):
         if output == "auto":
             output = "probs" if has_proba else "logits"
         self._method = "predict_proba" if output == "probs" else "decision_function"
+        #: decision margins of a model without probabilities (LinearSVC, RidgeClassifier, hinge SGD): scores to
+        #: rank by or calibrate, not logits whose softmax means anything
+        self.margins = not has_proba
         super().__init__(model, output=output, name=name, source=source)
 
     @property
@@ -683,7 +688,7 @@ class SklearnAdapter(ModelAdapter):
     def describe(self) -> dict[str, Any]:
         """As :meth:`ModelAdapter.describe`, plus ``classes`` (the estimator's ``classes_`` as a list)."""
         c = self.classes
-        return {**super().describe(), "classes": None if c is None else c.tolist()}
+        return {**super().describe(), "classes": None if c is None else c.tolist(), "margins": self.margins}
 
 
 # --------------------------------------------------------------------------------------------------

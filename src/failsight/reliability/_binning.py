@@ -36,6 +36,7 @@ import dataclasses
 import itertools
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,6 +45,7 @@ import numpy as np
 from failsight._validate import (
     PROB_SUM_ATOL,
     FailsightInputError,
+    FailsightWarning,
     check_consistent_length,
     check_int,
     check_labels,
@@ -81,6 +83,9 @@ def _default_threads() -> int:
 MAX_THREADS: int = _default_threads()
 
 STRATEGIES = ("uniform", "quantile")
+
+#: Most bins a binned metric accepts (the per-bin sums are dense arrays of this length per chunk).
+_MAX_BINS = 1 << 16
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -141,12 +146,20 @@ def check_strategy(strategy: Any) -> str:
 
 
 def check_n_bins(n_bins: Any, n_samples: int) -> int:
-    """Validate ``n_bins``: an integer in ``[1, n_samples]``."""
+    """Validate ``n_bins``: an integer >= 1. More bins than samples is allowed (as in torchmetrics, netcal
+    and scikit-learn: most bins are then empty and the estimate is noisy), with a :class:`FailsightWarning`."""
     b = check_int(n_bins, "n_bins", minimum=1)
-    if b > n_samples:
+    if b > _MAX_BINS:
         raise FailsightInputError(
-            f"n_bins={b} is more bins than samples ({n_samples}); use n_bins <= {n_samples} "
-            "(10-20 bins need a few hundred samples for a stable estimate)."
+            f"n_bins={b} is more than {_MAX_BINS:,} bins: per-bin sums that large cost memory for nothing "
+            "(and almost every bin would be empty); use 10-20 bins, or strategy='quantile' for equal-mass bins."
+        )
+    if b > n_samples:
+        warnings.warn(
+            f"n_bins={b} is more bins than samples ({n_samples}): at most {n_samples} bins hold a sample and "
+            "the calibration error is a very noisy estimate (10-20 bins need a few hundred samples). Pass "
+            "fewer bins, or ci=0.95 to calibration_error to see the uncertainty.",
+            FailsightWarning, stacklevel=4,
         )
     return b
 
@@ -244,6 +257,8 @@ if HAVE_NUMBA:
     @njit(cache=True, fastmath={"reassoc"})
     def _nb_rows_top(p, y, lo, hi, atol, conf, hit):  # pragma: no cover - compiled
         # rows lo..hi: conf = max, hit = (first argmax == y), and the checks of check_probs.
+        # Row sums accumulate in float64 whatever p's dtype (as check_probs does), so their rounding is
+        # ~k * 1.1e-16, not k * 6e-8 (float32 sums of >16,700 classes would exceed the 1e-3 tolerance itself).
         # "reassoc" only lets LLVM vectorise the row sums (used for validation, never for results);
         # comparisons keep their IEEE meaning, so NaN/inf still fail the checks.
         k = p.shape[1]
@@ -279,19 +294,19 @@ if HAVE_NUMBA:
                 for j in range(yi):
                     earlier |= p[i, j] == best
                 arg = yi if (p[i, yi] == best and not earlier) else -1
-                s = p[i, 0] - p[i, 0]
+                s = 0.0
                 neg = False
                 for j in range(k):
                     v = p[i, j]
-                    s += v
+                    s += np.float64(v)
                     neg |= v < 0
                 ok = not neg
             else:  # short rows: one fused loop
-                s = best
+                s = np.float64(best)
                 mn = best
                 for j in range(1, k):
                     v = p[i, j]
-                    s += v
+                    s += np.float64(v)
                     mn = min(mn, v)
                     if v > best:
                         best = v
@@ -584,10 +599,19 @@ def _np_bootstrap(red: Reduced, seed: int, r0: int, nr: int) -> tuple[np.ndarray
 
 
 def _kernel_atol(p: np.ndarray) -> float:
-    """Row-sum tolerance for the kernels: PROB_SUM_ATOL tightened by the worst rounding of a sequential
-    sum of ``k`` entries in ``p.dtype``, so that every row ``check_probs`` rejects is flagged."""
-    u = float(np.finfo(p.dtype).eps) / 2
-    return PROB_SUM_ATOL - 1.01 * p.shape[1] * u * (1 + PROB_SUM_ATOL)
+    """Row-sum tolerance for the kernels, derived so that every row :func:`check_probs` rejects is flagged.
+
+    Both sum a row's ``k`` entries in float64 (float32 entries convert exactly), into a sum of at most
+    ``1 + PROB_SUM_ATOL`` for any row near the tolerance: the kernel sequentially (in any order, under
+    "reassoc"), error <= (k - 1) u (1 + atol); numpy pairwise, error <= (log2 k + 1) u (1 + atol), with
+    u = 2**-53. A row check_probs rejects has a float64 sum off by > atol, so its exact sum is off by more than
+    atol - that error, and the kernel's sum by more than atol - both errors: the returned value. That is
+    PROB_SUM_ATOL - ~k * 1.1e-16, i.e. 1e-3 to 11 digits for any class count numpy can hold, in float32 as in
+    float64. A row the kernel flags that check_probs accepts (a band ~1e-11 wide) is recomputed, never
+    zeroed (see :func:`_recheck`)."""
+    u = float(np.finfo(np.float64).eps) / 2
+    k = p.shape[1]
+    return PROB_SUM_ATOL - 1.01 * (k + np.log2(max(k, 2)) + 1) * u * (1 + PROB_SUM_ATOL)
 
 
 def prepare_probs(y_prob: Any) -> tuple[np.ndarray, bool]:
@@ -612,9 +636,15 @@ def prepare(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray, bool]:
     return y, p, checked
 
 
-def _recheck(y_prob: Any, bad: np.ndarray, checked: bool) -> None:
-    if not checked and bool(np.any(bad)):
+def _recheck(y_prob: Any, bad: np.ndarray, checked: bool) -> bool:
+    """After a fused kernel: raise ``check_probs``'s message for the rows it flagged, or (a row within float
+    rounding of the tolerance, which check_probs accepts) return True: the caller recomputes with numpy,
+    since the kernel zeroed the flagged rows' confidences."""
+    if not bool(np.any(bad)):
+        return False
+    if not checked:
         check_probs(y_prob)  # raises the canonical message
+    return True
 
 
 def top_label_reduce(y: np.ndarray, p: np.ndarray, y_prob: Any = None,
@@ -628,7 +658,8 @@ def top_label_reduce(y: np.ndarray, p: np.ndarray, y_prob: Any = None,
     hit = np.empty(n, dtype=np.bool_)
     bad = np.zeros(nc, dtype=np.bool_)
     _run(_nb_top_label_reduce, nc, p.size, p, y, _kernel_atol(p), CHUNK, conf, hit, bad)
-    _recheck(y_prob, bad, checked)
+    if _recheck(y_prob, bad, checked):
+        return _np_top_label_reduce(p, y)
     return conf, hit
 
 
@@ -700,7 +731,8 @@ def top_label_counts(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: str =
         sv = np.zeros((nc, nb))
         bad = np.zeros(nc, dtype=np.bool_)
         _run(_nb_top_label_hist, nc, p.size, p, y, edges, True, _kernel_atol(p), CHUNK, cnt, sv, sh, bad)
-        _recheck(y_prob, bad, checked)
+        if _recheck(y_prob, bad, checked):
+            cnt, sv, sh = _np_top_label_hist(p, y, edges)
     else:
         cnt, sv, sh = _np_top_label_hist(p, y, edges)
     return BinCounts(edges, _reduce_chunks(cnt)[None], _reduce_chunks(sv)[None], _reduce_chunks(sh)[None],

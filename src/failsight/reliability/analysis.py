@@ -27,7 +27,7 @@ from failsight._validate import (
     check_labels,
     check_logits,
     check_probs,
-    looks_like_probs,
+    resolve_prediction_kind,
 )
 from failsight.reliability import metrics as _metrics
 from failsight.reliability import scores as _scores
@@ -147,8 +147,7 @@ class ReliabilityAnalysis(Result):
 def _read(x: Any, is_logits: bool | None, name: str) -> tuple[np.ndarray | None, np.ndarray, str]:
     """Return ``(logits or None, probs float64 (n, k), kind)``."""
     arr = as_float_array(x, name, ndim=(1, 2))
-    if is_logits is None:
-        is_logits = not looks_like_probs(arr)
+    is_logits = resolve_prediction_kind(arr, is_logits, name)
     if is_logits:
         z = check_logits(arr, name=name).astype(np.float64)
         return z, softmax(z, axis=1), "logits"

@@ -311,8 +311,8 @@ def calibration_error(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Stra
     Parameters
     ----------
     n_bins, strategy
-        ``n_bins`` right-closed bins (1 <= n_bins <= n), equal-width (``"uniform"``) or equal-mass
-        (``"quantile"``).
+        ``n_bins`` right-closed bins, equal-width (``"uniform"``) or equal-mass (``"quantile"``). More bins
+        than samples returns the (very noisy) estimate with a ``FailsightWarning``, as reference libraries do.
     norm
         ``"l1"`` (ECE), ``"l2"`` (RMS calibration error ``sqrt(sum_b w_b gap_b**2)``), ``"max"`` (MCE).
     kind

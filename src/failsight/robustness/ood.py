@@ -23,6 +23,7 @@ from failsight._validate import (
     FailsightInputError,
     as_float_array,
     check_consistent_length,
+    check_fraction,
     check_int,
     check_labels,
 )
@@ -77,8 +78,7 @@ def ood_metrics(scores_in: Any, scores_out: Any, tpr: float = 0.95) -> OODMetric
     """
     s_in = as_float_array(scores_in, "scores_in", ndim=1, allow_float32=False)
     s_out = as_float_array(scores_out, "scores_out", ndim=1, allow_float32=False)
-    if not 0.0 < float(tpr) <= 1.0:
-        raise FailsightInputError(f"tpr must lie in (0, 1], got {tpr!r}.")
+    tpr = check_fraction(tpr, "tpr", open_high=False)
     n_in, n_out = len(s_in), len(s_out)
     scores = np.concatenate([s_in, s_out])
     is_in = np.concatenate([np.ones(n_in, dtype=bool), np.zeros(n_out, dtype=bool)])

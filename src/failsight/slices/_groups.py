@@ -109,7 +109,20 @@ def pred_labels(y_pred: Any, name: str = "y_pred") -> np.ndarray:
 def correctness(y_true: Any, y_pred: Any, name: str = "y_pred") -> tuple[np.ndarray, np.ndarray]:
     """Validate a label/prediction pair; returns ``(y_true (n,), correct (n,) bool)``."""
     y = check_labels(y_true, name="y_true")
-    yp = pred_labels(y_pred, name)
+    arr = to_numpy(y_pred, name)
+    if _looks_like_binary_prob(arr) and int(y.max()) > 1:
+        raise FailsightInputError(
+            f"{name} is 1-D with fractional values, so it reads as P(class 1) of a binary problem, but y_true "
+            f"has labels up to {int(y.max())}. If these are the max-probabilities p.max(axis=1) of a "
+            f"{int(y.max()) + 1}+-class model, pass the full (n, k) probability matrix or the predicted labels "
+            "p.argmax(axis=1) instead."
+        )
+    yp = pred_labels(arr, name)
+    if arr.ndim == 2 and arr.shape[1] > 1 and int(y.max()) >= arr.shape[1]:
+        raise FailsightInputError(
+            f"y_true has label {int(y.max())} but {name} has only {arr.shape[1]} columns (classes "
+            f"0..{arr.shape[1] - 1}); check that labels and columns use the same encoding."
+        )
     if len(yp) != len(y):
         raise FailsightInputError(
             f"{name} has {len(yp)} predictions but y_true has {len(y)} labels; they must match."

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from failsight._validate import FailsightInputError
+from failsight._validate import FailsightInputError, check_int
 
 __all__ = ["load_groups"]
 
@@ -65,11 +65,17 @@ def _load_npz(path: Path, cols: list[str] | None) -> dict[str, np.ndarray]:
     return out
 
 
-def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter: str | None) -> dict[str, np.ndarray]:
+def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter: str | None,
+              n_samples: int | None = None) -> dict[str, np.ndarray]:
     text = path.read_text(encoding="utf-8-sig")
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
+    all_lines = text.splitlines()
+    # blank lines before the first and after the last row are layout; a blank line between rows is a sample
+    # whose group label is empty (reported as such below, not silently dropped into a length mismatch)
+    filled = [i for i, ln in enumerate(all_lines) if ln.strip()]
+    if not filled:
         raise FailsightInputError(f"{path} is empty; expected one group label per line (optionally a header).")
+    first_line = filled[0]
+    lines = all_lines[filled[0]:filled[-1] + 1]
     if delimiter is None:
         try:
             delimiter = csv.Sniffer().sniff(lines[0] if len(lines) == 1 else "\n".join(lines[:20]),
@@ -78,13 +84,16 @@ def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter
             delimiter = ","
     rows = [[c.strip() for c in r] for r in csv.reader(lines, delimiter=delimiter)]
     width = len(rows[0])
+    rows = [r if r and any(r) else [""] * width for r in rows]  # a blank line: every field empty
     bad = [i for i, r in enumerate(rows) if len(r) != width]
     if bad:
         raise FailsightInputError(
-            f"{path}: line {bad[0] + 1} has {len(rows[bad[0]])} fields but line 1 has {width}; every row "
-            "needs the same columns."
+            f"{path}: line {first_line + bad[0] + 1} has {len(rows[bad[0]])} fields but line "
+            f"{first_line + 1} has {width}; every row needs the same columns."
         )
     first = rows[0]
+    if header is None and n_samples is not None and len(rows) in (n_samples, n_samples + 1):
+        header = len(rows) == n_samples + 1  # the row count decides: no guessing from the values
     if header is None:
         # a header if column names were asked for and appear in line 1, or if line 1 is text where the
         # rest of its column is numeric, or if none of line 1's values recurs below it (labels repeat)
@@ -104,6 +113,12 @@ def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter
         body = rows
     if not body:
         raise FailsightInputError(f"{path} has a header but no data rows.")
+    if n_samples is not None and len(body) != n_samples:
+        raise FailsightInputError(
+            f"{path} has {len(body)} data rows ({'after a header line' if header else 'no header line'}) but "
+            f"there are {n_samples} samples; pass one group label per sample, in the data's order"
+            + (" (pass header=False if line 1 is a label, not column names)." if header else ".")
+        )
     if cols is not None:
         missing = [c for c in cols if c not in names]
         if missing:
@@ -120,7 +135,7 @@ def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter
         values = [r[j] for r in body]
         empty = [i for i, v in enumerate(values) if v == ""]
         if empty:
-            line = empty[0] + 1 + (1 if header else 0)
+            line = first_line + empty[0] + 1 + (1 if header else 0)
             raise FailsightInputError(
                 f"{path}: column {names[j]!r} has {len(empty)} empty value(s) (first on line {line}); every "
                 "sample needs a group label."
@@ -130,21 +145,27 @@ def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter
 
 
 def load_groups(path: str | os.PathLike[str], column: str | Sequence[str] | None = None, *,
-                header: bool | None = None, delimiter: str | None = None) -> dict[str, np.ndarray]:
+                header: bool | None = None, delimiter: str | None = None,
+                n_samples: int | None = None) -> dict[str, np.ndarray]:
     """Read group labels into ``{slicing name: (n,) labels}`` for :func:`failsight.slices.evaluate` etc.
 
     * ``.npz``: the array ``groups`` (or the arrays named by ``column``); a 2-D ``(n, m)`` array becomes
       ``m`` slicings ``groups_0 .. groups_{m-1}``.
     * CSV (any other suffix): every column becomes a slicing named by its header, or only the
       ``column``(s) asked for. ``header=None`` detects a header line (column names found in it, text above
-      numbers, or line-1 values that never recur); pass ``header=True/False`` to decide yourself. A
+      numbers, or line-1 values that never recur); pass ``header=True/False`` to decide yourself, or
+      ``n_samples`` (the number of samples the labels are for): then a file of ``n_samples + 1`` rows has a
+      header and one of ``n_samples`` rows has none, and any other count is refused. A blank line between
+      rows is an empty label and is refused with its line number. A
       headerless single column is named ``"groups"``, several ``column_0, column_1, ...``. Integer
       columns become int64, numeric ones float64, others str.
     """
+    if n_samples is not None:
+        n_samples = check_int(n_samples, "n_samples", minimum=1)
     p = Path(path)
     if not p.is_file():
         raise FailsightInputError(f"group file {p} does not exist (or is not a file).")
     cols = _want(column)
     if p.suffix.lower() == ".npz":
         return _load_npz(p, cols)
-    return _load_csv(p, cols, header, delimiter)
+    return _load_csv(p, cols, header, delimiter, n_samples)
