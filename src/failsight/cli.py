@@ -314,6 +314,7 @@ def defuse(
     """
     import torch
 
+    from failsight._io import atomic_open
     from failsight._validate import FailsightInputError
     from failsight.defuse import VAE, Defuse, FileLabeler, load_regions, save_regions
     from failsight.defuse.report import defuse_section
@@ -360,7 +361,8 @@ def defuse(
             given = d.label(regions, lambda regs, names: FileLabeler.read(labels, regs, names))
             fixed, correction = d.correct(regions, given, tr.x, tr.y, x_val=sd.x, y_val=sd.y,
                                           x_test=None if te is None else te.x, y_test=None if te is None else te.y)
-            torch.save(fixed, fixed_path)
+            with atomic_open(fixed_path, "wb", force=force) as fh:
+                torch.save(fixed, fh)
         result = d.result(found, regions, given, correction)
         report = Report(title="failsight Defuse report", subtitle=f"Model {model.name}; seeds from {seeds.name}",
                         meta={"model": str(model), "generator": str(gen_path), "seed": seed})

@@ -182,7 +182,10 @@ class AuditResult(Result):
         if "fixed_model" in paths:
             import torch
 
-            torch.save(self.fixed_model, paths["fixed_model"])
+            from failsight._io import atomic_open
+
+            with atomic_open(paths["fixed_model"], "wb", force=force) as fh:
+                torch.save(self.fixed_model, fh)
         if report is None:
             self.to_html(paths["report"], force=force)
         else:
