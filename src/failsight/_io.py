@@ -54,9 +54,16 @@ def check_output_dir(folder: str | os.PathLike[str], what: str = "--out") -> Pat
     if not probe.is_dir():
         raise FailsightInputError(f"{what} {path} lies below {probe}, which is a file, not a folder; choose "
                                   "another folder.")
+    where = "" if probe == path else f" (its nearest existing folder {probe})"
     if not os.access(probe, os.W_OK | os.X_OK):
-        where = "" if probe == path else f" (its nearest existing folder {probe})"
         raise FailsightInputError(f"{what} {path}{where} is not writable; choose a folder you can write to.")
+    try:  # permissions are not everything (read-only mounts, /proc, quotas): try it
+        fd, tmp = tempfile.mkstemp(prefix=".failsight-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise FailsightInputError(f"{what} {path}{where} is not writable ({exc.strerror}); choose a folder you can "
+                                  "write to.") from None
     return path
 
 

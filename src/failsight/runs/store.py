@@ -62,6 +62,7 @@ __all__ = [
     "RunRecord",
     "RunStore",
     "RunStoreError",
+    "check_run_name",
     "metadata",
     "metric_direction",
 ]
@@ -298,6 +299,11 @@ def _check_text(value: Any, name: str, optional: bool = False) -> str | None:
     return value
 
 
+def check_run_name(name: Any, what: str = "name") -> str:
+    """A valid run name (non-empty text of at most 255 characters), or :class:`FailsightInputError`."""
+    return _check_text(name, what)  # type: ignore[return-value]
+
+
 def _check_metrics(metrics: Any) -> dict[str, float | None]:
     if not isinstance(metrics, Mapping):
         raise FailsightInputError(
@@ -470,7 +476,7 @@ class RunStore:
     """
 
     def __init__(self, url: str | os.PathLike, *, create: bool = True, connect_timeout: int = 10,
-                 allow_foreign: bool = False) -> None:
+                 allow_foreign: bool = False, _check_only: bool = False) -> None:
         connect_timeout = check_int(connect_timeout, "connect_timeout", minimum=1)
         self.url = _make_url(url, create)
         self.location = self.url.render_as_string(hide_password=True)
@@ -500,7 +506,7 @@ class RunStore:
             _sqlite_transactions(self.engine)
         try:
             with self._errors("opening"):
-                self._open_schema(create, bool(allow_foreign))
+                self._open_schema(create, bool(allow_foreign), _check_only)
         except BaseException:
             self.engine.dispose()
             raise
@@ -539,13 +545,40 @@ class RunStore:
                     f"{self.location} has a table {table.name} without the column(s) {', '.join(missing)}: it was "
                     "not written by failsight, or by an unknown version. Use another store.")
 
-    def _open_schema(self, create: bool, allow_foreign: bool) -> None:
+    @classmethod
+    def check(cls, url: str | os.PathLike, *, allow_foreign: bool = False, connect_timeout: int = 10) -> str:
+        """Check, without writing anything, that a run could be recorded in ``url``: the URL parses, the driver
+        is installed, the server answers, the SQLite file's folder exists and is writable, and the database is a
+        failsight store of a known version (or a new/empty one; one with other applications' tables only when
+        ``allow_foreign``). Raises :class:`RunStoreError` / :class:`FailsightInputError` naming the problem;
+        returns the store's display location. The CLI calls it before any work starts."""
+        target = _make_url(url, True)
+        if target.get_backend_name() == "sqlite" and target.database not in (None, "", ":memory:"):
+            path = Path(str(target.database))
+            if not path.exists():  # connecting would create the file: check the folder instead
+                if not os.access(path.parent, os.W_OK | os.X_OK):
+                    raise RunStoreError(f"cannot create the run store {path}: its folder {path.parent} is not "
+                                        "writable; pass a --db in a folder you can write to.")
+                return str(path)
+            if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
+                raise RunStoreError(f"the run store {path} is not a file you can read and write; fix its "
+                                    "permissions or pass another --db.")
+        store = cls(url, create=True, allow_foreign=allow_foreign, connect_timeout=connect_timeout, _check_only=True)
+        store.close()
+        return store.location
+
+    def _open_schema(self, create: bool, allow_foreign: bool, check_only: bool = False) -> None:
         ours = {t.name for t in metadata.sorted_tables}
         with self.engine.connect() as conn:  # fast path, no lock: an existing, current store
             tables = set(sa.inspect(conn).get_table_names())
             version = self._schema_version(conn, tables)
             self._check_version(version)
             if version == SCHEMA_VERSION and ours <= tables:
+                return
+            if check_only:  # what _create_or_upgrade would refuse, without writing
+                self._refuse_foreign(tables, allow_foreign)
+                if version is None and runs_table.name in tables:
+                    self._check_legacy(conn)
                 return
             if not create:
                 if runs_table.name not in tables:
@@ -569,14 +602,7 @@ class RunStore:
             self._check_version(version)
             if version == SCHEMA_VERSION and ours <= tables:
                 return  # another process created it while this one waited for the lock
-            present = tables & ours
-            foreign = sorted(t for t in tables - ours if not t.startswith("sqlite_"))
-            if not present and foreign and not allow_foreign:
-                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-                raise RunStoreError(
-                    f"{self.location} already holds tables of another application ({shown}) and no failsight "
-                    "runs; failsight will not add its tables to it. Pass a new file or database for the run "
-                    "store, or allow it explicitly (CLI: --db-force; library: allow_foreign=True).")
+            self._refuse_foreign(tables, allow_foreign)
             if version is None and runs_table.name in tables:
                 self._check_legacy(conn)  # an unversioned store of version 1: stamp it
             metadata.create_all(conn, checkfirst=True)
@@ -584,6 +610,16 @@ class RunStore:
                 conn.execute(meta_table.insert(), [
                     {"key": "schema_version", "value": str(SCHEMA_VERSION)},
                     {"key": "created_by", "value": f"failsight {__version__}"}])
+
+    def _refuse_foreign(self, tables: set[str], allow_foreign: bool) -> None:
+        ours = {t.name for t in metadata.sorted_tables}
+        foreign = sorted(t for t in tables - ours if not t.startswith("sqlite_"))
+        if not (tables & ours) and foreign and not allow_foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise RunStoreError(
+                f"{self.location} already holds tables of another application ({shown}) and no failsight runs; "
+                "failsight will not add its tables to it. Pass a new file or database for the run store, or "
+                "allow it explicitly (CLI: --db-force; library: allow_foreign=True).")
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:

@@ -66,7 +66,15 @@ def _load_npz(path: Path, cols: list[str] | None) -> dict[str, np.ndarray]:
 
 
 def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter: str | None) -> dict[str, np.ndarray]:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise FailsightInputError(
+            f"{path} is not a text (UTF-8) CSV file; group labels go in a CSV (one column per slicing) or an .npz "
+            "saved with numpy.savez(path, groups=labels).") from None
+    if "\x00" in text:
+        raise FailsightInputError(f"{path} holds NUL bytes, so it is not a CSV text file; save the group labels as "
+                                  "a CSV (one column per slicing) or an .npz (numpy.savez(path, groups=labels)).")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise FailsightInputError(f"{path} is empty; expected one group label per line (optionally a header).")
