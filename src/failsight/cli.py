@@ -470,35 +470,6 @@ def defuse(
     typer.echo(f"Report: {report_path.resolve()}")
 
 
-def _load_npz(path: Path, what: str) -> dict[str, Any]:
-    """All arrays of an ``.npz`` (no pickles), with a clear error for a missing or unreadable file."""
-    import zipfile
-
-    import numpy as np
-
-    from failsight._validate import FailsightInputError
-
-    if not path.is_file():
-        raise FailsightInputError(f"{what} file {path} does not exist; pass the path of an .npz file.")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise FailsightInputError(f"{what} file {path} is not a readable .npz ({exc}).") from exc
-
-
-def _slice_predictions(arrays: dict[str, Any], path: Path) -> Any:
-    """The predictions of a slices ``.npz``: ``pred`` (labels) or ``probs``/``logits`` (argmax taken)."""
-    from failsight._validate import FailsightInputError
-
-    for key in ("pred", "probs", "logits"):
-        if key in arrays:
-            return arrays[key]
-    raise FailsightInputError(
-        f"{path} must hold predictions as 'pred' (labels), 'probs' or 'logits' (found: {', '.join(arrays)})."
-    )
-
-
 @app.command(short_help="Per-slice metrics, and a baseline-vs-candidate check for hidden regressions.")
 def slices(
     pred: Path = typer.Argument(..., metavar="PRED.npz", show_default=False,
@@ -522,25 +493,29 @@ def slices(
 
     Example: failsight slices new.npz --baseline old.npz --groups groups.csv --out slices-report
     """
+    import numpy as np
+
     from failsight._validate import FailsightInputError
     from failsight.report.html import Report, write_json
     from failsight.report.slices import slices_section
-    from failsight.slices import compare, evaluate, load_groups
+    from failsight.slices import compare, evaluate, load_groups, load_predictions
 
     try:
         report_path, results_path = _check_out(out, ("report.html", "results.json"), force)
         _requires(alpha is not None, "--alpha", "--baseline", baseline is not None)
         alpha = _check_level(0.05 if alpha is None else alpha, "--alpha")
-        arrays = _load_npz(pred, "predictions")
-        if "labels" not in arrays:
-            raise FailsightInputError(f"{pred} must hold 'labels' (the true classes).")
-        y, y_pred = arrays["labels"], _slice_predictions(arrays, pred)
+        y, y_pred = load_predictions(pred, "predictions")
+        y_base = base_pred = None
+        if baseline is not None:
+            y_base, base_pred = load_predictions(baseline, "baseline")
+            if y_base.shape != y.shape or not np.array_equal(y_base, y):
+                raise FailsightInputError(f"{baseline} and {pred} hold different labels; the baseline must be "
+                                          "evaluated on the same samples in the same order.")
         g = load_groups(groups)
         rep = evaluate(y, y_pred, g, min_size=min_size)
         comparison = None
         if baseline is not None:
-            b = _load_npz(baseline, "baseline")
-            comparison = compare(y, _slice_predictions(b, baseline), y_pred, g, alpha=alpha, min_size=min_size)
+            comparison = compare(y, base_pred, y_pred, g, alpha=alpha, min_size=min_size)
         report = Report(title="failsight per-slice report", subtitle=f"Predictions from {pred.name}"
                         + (f" against {baseline.name}" if baseline else ""),
                         meta={"samples": rep.n, "slicings": ", ".join(g)})
