@@ -115,7 +115,7 @@ def _check_level(value: float, option: str) -> float:
     from failsight._validate import FailsightInputError
 
     if not 0.0 < value < 1.0:
-        raise FailsightInputError(f"{option} must lie strictly between 0 and 1, got {value:g}; e.g. {option} 0.05.")
+        raise FailsightInputError(f"{option} must lie in (0, 1), strictly between 0 and 1; got {value:g}. E.g. {option} 0.05.")
     return value
 
 
