@@ -182,6 +182,7 @@ def demo(
     from failsight.demo import run_demo
 
     try:
+        _check_out(out, ("report.html", "results.json"), force)
         step_list = [s.strip() for s in steps.split(",") if s.strip()]
         if "reliability" not in step_list:
             step_list.insert(0, "reliability")
