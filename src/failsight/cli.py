@@ -51,13 +51,10 @@ def _fail(message: str | BaseException) -> None:
 # argument checks: every command runs them BEFORE any work starts (a typo must not cost a full run)
 # ----------------------------------------------------------------------------------------------------------
 
-#: What a command turns into "failsight: error: ..." and exit 2: bad input, and the environment refusing a
-#: read or write (permissions, a full disk, a path below a file) - never a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
-
-
 def _reason(exc: str | BaseException) -> str:
-    """The message of a user error; an OSError names the file and the system's reason."""
+    """The message of a user error. Commands catch ``FailsightInputError`` (bad input) and ``OSError`` (the
+    system refused a read or write: permissions, a full disk, a path below a file) and exit 2 with it, never
+    a traceback; an OSError names the file and the system's reason."""
     if isinstance(exc, OSError) and not isinstance(exc, ValueError) and exc.strerror:
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot access{where}: {exc.strerror}; check the path and its permissions (and free disk space)."
@@ -161,7 +158,8 @@ def _load_predictions(path: Path, what: str) -> tuple[Any, Any, bool]:
 
 @app.command(short_help="Train a small CNN on the bundled digits and audit it with every pillar.")
 def demo(
-    out: Path = typer.Option(Path("failsight-demo"), "--out", "-o", parser=_out_dir, metavar="DIR", help="Output folder for report.html and results.json."),
+    out: Path = typer.Option(Path("failsight-demo"), "--out", "-o", parser=_out_dir, metavar="DIR",
+                             help="Output folder for report.html and results.json."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, the training and the bootstrap."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs of the small CNN.", hidden=True),
