@@ -72,7 +72,8 @@ def test_reliability_writes_report_and_json(npz_files, tmp_path):
     # a second run refuses to overwrite, and says how to fix it
     r2 = runner.invoke(app, ["reliability", str(pred), "--out", str(out)])
     assert r2.exit_code == 2 and "--force" in r2.output
-    r3 = runner.invoke(app, ["reliability", str(pred), "--out", str(out), "--force", "--calibrators", "temperature"])
+    r3 = runner.invoke(app, ["reliability", str(pred), "--out", str(out), "--force", "--calibration", str(cal),
+                             "--calibrators", "temperature"])
     assert r3.exit_code == 0, r3.output
 
 

@@ -42,9 +42,86 @@ def main(
     """failsight: reliability, robustness and debugging beyond the test set."""
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"failsight: error: {message}", err=True)
+def _fail(message: str | BaseException) -> None:
+    typer.echo(f"failsight: error: {_reason(message)}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# argument checks: every command runs them BEFORE any work starts (a typo must not cost a full run)
+# ----------------------------------------------------------------------------------------------------------
+
+def _reason(exc: str | BaseException) -> str:
+    """The message of a user error. Commands catch ``FailsightInputError`` (bad input) and ``OSError`` (the
+    system refused a read or write: permissions, a full disk, a path below a file) and exit 2 with it, never
+    a traceback; an OSError names the file and the system's reason."""
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot access{where}: {exc.strerror}; check the path and its permissions (and free disk space)."
+    return str(exc)
+
+
+def _out_dir(value: str | Path) -> Path:
+    """``--out`` parser: refuses an empty or blank path (``Path('')`` would silently mean the current folder)."""
+    if isinstance(value, Path):
+        return value
+    if not str(value).strip():
+        raise typer.BadParameter("the output folder is empty; pass a folder such as --out report.")
+    return Path(value)
+
+
+def _check_out(out: Path, names: Any, force: bool) -> list[Path]:
+    """``--out`` can take ``names`` (file names inside it): it is, or can become, a writable folder, and no
+    file (or link) there is overwritten without ``--force``. Creates nothing. Returns the file paths."""
+    from failsight._io import check_output, check_output_dir
+
+    out = check_output_dir(out, "--out")
+    paths = [out / n for n in names]
+    check_output(paths, force)
+    return paths
+
+
+def _check_db(db: str | None, out: Path, *, record: bool, name: str | None, db_force: bool) -> str | None:
+    """``--db``/``--name``/``--db-force`` of a command that records a run: the run store is reachable and
+    usable (created later, after the work) and the name valid. Returns the store to record in (``None``:
+    ``--no-record``)."""
+    from failsight._validate import FailsightInputError
+
+    if not record:
+        if db is not None or name is not None or db_force:
+            given = ", ".join(o for o, v in (("--db", db), ("--name", name), ("--db-force", db_force)) if v)
+            raise FailsightInputError(f"{given} given with --no-record; drop --no-record to record the run, or "
+                                      f"drop {given}.")
+        return None
+    from failsight.auditing.core import STORE_NAME, default_store
+    from failsight.runs.store import RunStore, check_run_name
+
+    if name is not None:
+        check_run_name(name, "--name")
+    if db is not None and not db.strip():
+        raise FailsightInputError("--db is empty; pass a SQLite file path or a database URL, or leave it out.")
+    store = db or default_store(out)
+    if db is None and Path(store) == Path(out).resolve().parent / STORE_NAME and not Path(store).parent.exists():
+        return store  # beside --out, in a folder created with it (--out was checked)
+    RunStore.check(store, allow_foreign=db_force)
+    return store
+
+
+def _check_level(value: float, option: str) -> float:
+    """A significance level or probability strictly between 0 and 1."""
+    from failsight._validate import FailsightInputError
+
+    if not 0.0 < value < 1.0:
+        raise FailsightInputError(f"{option} must lie in (0, 1), strictly between 0 and 1; got {value:g}. E.g. {option} 0.05.")
+    return value
+
+
+def _requires(given: bool, option: str, needs: str, needs_given: bool) -> None:
+    """Refuse an option that has no effect without another one (silently ignoring it would mislead)."""
+    from failsight._validate import FailsightInputError
+
+    if given and not needs_given:
+        raise FailsightInputError(f"{option} has no effect without {needs}; pass {needs} too, or drop {option}.")
 
 
 def _load_predictions(path: Path, what: str) -> tuple[Any, Any, bool]:
@@ -81,7 +158,8 @@ def _load_predictions(path: Path, what: str) -> tuple[Any, Any, bool]:
 
 @app.command(short_help="Train a small CNN on the bundled digits and audit it with every pillar.")
 def demo(
-    out: Path = typer.Option(Path("failsight-demo"), "--out", "-o", help="Output folder for report.html and results.json."),
+    out: Path = typer.Option(Path("failsight-demo"), "--out", "-o", parser=_out_dir, metavar="DIR",
+                             help="Output folder for report.html and results.json."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, the training and the bootstrap."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
     epochs: int = typer.Option(30, "--epochs", help="Training epochs of the small CNN.", hidden=True),
@@ -102,13 +180,14 @@ def demo(
     from failsight.demo import run_demo
 
     try:
+        _check_out(out, ("report.html", "results.json"), force)
         step_list = [s.strip() for s in steps.split(",") if s.strip()]
         if "reliability" not in step_list:
             step_list.insert(0, "reliability")
         res = run_demo(out, seed=seed, force=force, progress=not quiet and sys.stderr.isatty(), epochs=epochs,
                        steps=step_list)
-    except FailsightInputError as exc:
-        _fail(str(exc))
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     typer.echo(res.audit.summary())
     for line in _demo_findings(res):
@@ -134,7 +213,8 @@ def _demo_findings(res: Any) -> list[str]:
 def reliability(
     pred: Path = typer.Argument(..., help="Test predictions: .npz with 'labels' and 'logits' or 'probs'.",
                                 show_default=False, metavar="PRED.npz"),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for report.html and results.json.",
+    out: Path = typer.Option(..., "--out", "-o", parser=_out_dir, metavar="DIR",
+                             help="Output folder for report.html and results.json.",
                              show_default=False),
     calibration: Path | None = typer.Option(
         None, "--calibration", "-c", show_default=False,
@@ -162,12 +242,12 @@ def reliability(
     """
     from failsight._validate import FailsightInputError
     from failsight.reliability.analysis import analyze
-    from failsight.report.html import Report, check_writable, write_json
+    from failsight.report.html import Report, write_json
     from failsight.report.sections import reliability_section
 
-    report_path, results_path = out / "report.html", out / "results.json"
     try:
-        check_writable([report_path, results_path], force)
+        report_path, results_path = _check_out(out, ("report.html", "results.json"), force)
+        _requires(calibrators is not None, "--calibrators", "--calibration", calibration is not None)
         y, preds, is_logits = _load_predictions(pred, "predictions")
         y_cal = cal = None
         if calibration is not None:
@@ -187,8 +267,8 @@ def reliability(
         report.add(reliability_section(analysis))
         report.write(report_path, force=force)
         write_json(results_path, {"failsight_version": __version__, "reliability": analysis}, force=force)
-    except FailsightInputError as exc:
-        _fail(str(exc))
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     typer.echo(f"accuracy {analysis.accuracy:.2%}, ECE {analysis.metric('ece').value:.4f}")
     if analysis.threshold is None:
@@ -214,7 +294,7 @@ def robustness(
     data: Path = typer.Option(..., "--data", "-d", show_default=False, metavar="DATA.npz",
                               help="Labelled test images: .npz with 'x' (n,C,H,W), (n,H,W,C) or (n,H,W), floats in "
                                    "[0, 1] or uint8, and 'y' (labels)."),
-    out: Path = typer.Option(..., "--out", "-o", show_default=False,
+    out: Path = typer.Option(..., "--out", "-o", parser=_out_dir, metavar="DIR", show_default=False,
                              help="Output folder for report.html and results.json."),
     severities: str = typer.Option("1,3,5", "--severities", help="Comma-separated severities in 1..5."),
     shifts: str | None = typer.Option(None, "--shifts", show_default=False,
@@ -238,14 +318,14 @@ def robustness(
     Example: failsight robustness --model cnn.pt --data test.npz --ood noise.npz --out robustness-report
     """
     from failsight._validate import FailsightInputError
-    from failsight.report.html import Report, check_writable, write_json
+    from failsight.report.html import Report, write_json
     from failsight.robustness.analysis import analyze_robustness
     from failsight.robustness.io import load_labelled_images, load_model
     from failsight.robustness.report import robustness_section
 
     report_path, results_path = out / "report.html", out / "results.json"
     try:
-        check_writable([report_path, results_path], force)
+        _check_out(out, ("report.html", "results.json"), force)
         sev = _int_list(severities, "--severities")
         names = None if shifts is None else [s.strip() for s in shifts.split(",") if s.strip()]
         test = load_labelled_images(data)
@@ -264,8 +344,8 @@ def robustness(
         inputs = {"data": test, "reference": ref, "ood": ood_set}
         write_json(results_path, {"failsight_version": __version__, "inputs": inputs, "robustness": analysis},
                    force=force)
-    except FailsightInputError as exc:
-        _fail(str(exc))
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     for loaded in (test, ref, ood_set):
         for note in () if loaded is None else loaded.notes:
@@ -286,7 +366,7 @@ def defuse(
     seeds: Path = typer.Option(..., "--seeds", show_default=False, metavar="VAL.npz",
                                help="Labelled images ('x', 'y') the search starts from, e.g. a validation split; "
                                     "also picks the mixing weight of the correction."),
-    out: Path = typer.Option(..., "--out", "-o", show_default=False,
+    out: Path = typer.Option(..., "--out", "-o", parser=_out_dir, metavar="DIR", show_default=False,
                              help="Output folder: report.html, results.json, generator.pt, regions/ (grids + "
                                   "labels.csv) and, with --labels, fixed_model.pt."),
     labels: Path | None = typer.Option(None, "--labels", show_default=False, metavar="labels.csv",
@@ -314,10 +394,11 @@ def defuse(
     """
     import torch
 
+    from failsight._io import atomic_open, check_output
     from failsight._validate import FailsightInputError
     from failsight.defuse import VAE, Defuse, FileLabeler, load_regions, save_regions
     from failsight.defuse.report import defuse_section
-    from failsight.report.html import Report, check_writable, write_json
+    from failsight.report.html import Report, write_json
     from failsight.robustness.io import load_labelled_images, load_model
 
     report_path, results_path = out / "report.html", out / "results.json"
@@ -325,7 +406,10 @@ def defuse(
     fixed_path = out / "fixed_model.pt"
     progress = not quiet and sys.stderr.isatty()
     try:
-        check_writable([report_path, results_path] + ([fixed_path] if labels is not None else []), force)
+        _check_out(out, ["report.html", "results.json"] + (["fixed_model.pt"] if labels is not None else
+                                                           ["regions/labels.csv", "regions/regions.npz"]), force)
+        if not gen_path.is_file():  # trained and saved here: never through a link
+            check_output([gen_path], force)
         if labels is not None and not labels.is_file():
             raise FailsightInputError(f"labels file {labels} does not exist; run without --labels first to "
                                       "export one, fill in its 'label' column, then pass it.")
@@ -360,15 +444,16 @@ def defuse(
             given = d.label(regions, lambda regs, names: FileLabeler.read(labels, regs, names))
             fixed, correction = d.correct(regions, given, tr.x, tr.y, x_val=sd.x, y_val=sd.y,
                                           x_test=None if te is None else te.x, y_test=None if te is None else te.y)
-            torch.save(fixed, fixed_path)
+            with atomic_open(fixed_path, "wb", force=force) as fh:
+                torch.save(fixed, fh)
         result = d.result(found, regions, given, correction)
         report = Report(title="failsight Defuse report", subtitle=f"Model {model.name}; seeds from {seeds.name}",
                         meta={"model": str(model), "generator": str(gen_path), "seed": seed})
         report.add(defuse_section(result, labeler_note=None if labels is None else f"Labels from {labels}."))
         report.write(report_path, force=force)
         write_json(results_path, {"failsight_version": __version__, "defuse": result}, force=force)
-    except FailsightInputError as exc:
-        _fail(str(exc))
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     typer.echo(f"{found.n_found} errors found; {len(regions)} region(s).")
     for r in regions[:5]:
@@ -384,35 +469,6 @@ def defuse(
     typer.echo(f"Report: {report_path.resolve()}")
 
 
-def _load_npz(path: Path, what: str) -> dict[str, Any]:
-    """All arrays of an ``.npz`` (no pickles), with a clear error for a missing or unreadable file."""
-    import zipfile
-
-    import numpy as np
-
-    from failsight._validate import FailsightInputError
-
-    if not path.is_file():
-        raise FailsightInputError(f"{what} file {path} does not exist; pass the path of an .npz file.")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise FailsightInputError(f"{what} file {path} is not a readable .npz ({exc}).") from exc
-
-
-def _slice_predictions(arrays: dict[str, Any], path: Path) -> Any:
-    """The predictions of a slices ``.npz``: ``pred`` (labels) or ``probs``/``logits`` (argmax taken)."""
-    from failsight._validate import FailsightInputError
-
-    for key in ("pred", "probs", "logits"):
-        if key in arrays:
-            return arrays[key]
-    raise FailsightInputError(
-        f"{path} must hold predictions as 'pred' (labels), 'probs' or 'logits' (found: {', '.join(arrays)})."
-    )
-
-
 @app.command(short_help="Per-slice metrics, and a baseline-vs-candidate check for hidden regressions.")
 def slices(
     pred: Path = typer.Argument(..., metavar="PRED.npz", show_default=False,
@@ -423,8 +479,11 @@ def slices(
     baseline: Path | None = typer.Option(None, "--baseline", "-b", show_default=False,
                                          help="Predictions of the model PRED is compared against (same "
                                               "samples, same keys): flags partial failures."),
-    out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Output folder."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the per-slice tests."),
+    out: Path = typer.Option(..., "--out", "-o", parser=_out_dir, metavar="DIR", show_default=False,
+                             help="Output folder."),
+    alpha: float | None = typer.Option(None, "--alpha", show_default=False,
+                                       help="Significance level of the per-slice tests against --baseline "
+                                            "(default 0.05)."),
     min_size: int = typer.Option(20, "--min-size", help="Slices smaller than this get no interval or test."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
 ) -> None:
@@ -433,24 +492,29 @@ def slices(
 
     Example: failsight slices new.npz --baseline old.npz --groups groups.csv --out slices-report
     """
-    from failsight._validate import FailsightInputError
-    from failsight.report.html import Report, check_writable, write_json
-    from failsight.report.slices import slices_section
-    from failsight.slices import compare, evaluate, load_groups
+    import numpy as np
 
-    report_path, results_path = out / "report.html", out / "results.json"
+    from failsight._validate import FailsightInputError
+    from failsight.report.html import Report, write_json
+    from failsight.report.slices import slices_section
+    from failsight.slices import compare, evaluate, load_groups, load_predictions
+
     try:
-        check_writable([report_path, results_path], force)
-        arrays = _load_npz(pred, "predictions")
-        if "labels" not in arrays:
-            raise FailsightInputError(f"{pred} must hold 'labels' (the true classes).")
-        y, y_pred = arrays["labels"], _slice_predictions(arrays, pred)
+        report_path, results_path = _check_out(out, ("report.html", "results.json"), force)
+        _requires(alpha is not None, "--alpha", "--baseline", baseline is not None)
+        alpha = _check_level(0.05 if alpha is None else alpha, "--alpha")
+        y, y_pred = load_predictions(pred, "predictions")
+        y_base = base_pred = None
+        if baseline is not None:
+            y_base, base_pred = load_predictions(baseline, "baseline")
+            if y_base.shape != y.shape or not np.array_equal(y_base, y):
+                raise FailsightInputError(f"{baseline} and {pred} hold different labels; the baseline must be "
+                                          "evaluated on the same samples in the same order.")
         g = load_groups(groups)
         rep = evaluate(y, y_pred, g, min_size=min_size)
         comparison = None
         if baseline is not None:
-            b = _load_npz(baseline, "baseline")
-            comparison = compare(y, _slice_predictions(b, baseline), y_pred, g, alpha=alpha, min_size=min_size)
+            comparison = compare(y, base_pred, y_pred, g, alpha=alpha, min_size=min_size)
         report = Report(title="failsight per-slice report", subtitle=f"Predictions from {pred.name}"
                         + (f" against {baseline.name}" if baseline else ""),
                         meta={"samples": rep.n, "slicings": ", ".join(g)})
@@ -458,8 +522,8 @@ def slices(
         report.write(report_path, force=force)
         write_json(results_path, {"failsight_version": __version__, "slices": rep, "comparison": comparison},
                    force=force)
-    except FailsightInputError as exc:
-        _fail(str(exc))
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     typer.echo(f"overall {rep.overall:.2%} on {rep.n} samples")
     if comparison is not None:
@@ -477,7 +541,7 @@ def audit(
     test: Path = typer.Option(..., "--test", "-t", show_default=False, metavar="TEST",
                               help="Labelled test data: .npz ('x', 'y', optional 'groups'), an IDX images file "
                                    "(labels file found beside it), or an image folder (one sub-folder per class)."),
-    out: Path = typer.Option(..., "--out", "-o", show_default=False,
+    out: Path = typer.Option(..., "--out", "-o", parser=_out_dir, metavar="DIR", show_default=False,
                              help="Output folder: report.html, results.json, regions/ (grids + labels.csv), "
                                   "generator.pt."),
     calibration: Path | None = typer.Option(None, "--calibration", "-c", show_default=False, metavar="CAL",
@@ -509,6 +573,8 @@ def audit(
                                        "$FAILSIGHT_DB, else failsight-runs.db beside --out."),
     record: bool = typer.Option(True, "--record/--no-record", help="Record the run in the run store."),
     name: str | None = typer.Option(None, "--name", show_default=False, help="Name of the run in the store."),
+    db_force: bool = typer.Option(False, "--db-force", help="Record in a database that already holds other "
+                                                              "applications' tables (refused by default)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
     force: bool = typer.Option(False, "--force", "-f", help="Reuse an existing --out (overwrites its files)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -524,14 +590,18 @@ def audit(
     """
     from failsight._validate import FailsightInputError
     from failsight.auditing import audit as run_audit
-    from failsight.auditing.core import REPORT_NAME, RESULTS_NAME, default_store
+    from failsight.auditing.core import REPORT_NAME, RESULTS_NAME
     from failsight.datasets.io import load_data
     from failsight.models.adapters import load_model
-    from failsight.report.html import check_writable
+    from failsight.slices import load_groups
 
     progress = not quiet and sys.stderr.isatty()
-    try:
-        check_writable([out / REPORT_NAME, out / RESULTS_NAME], force)
+    try:  # every argument is checked before the model is loaded
+        # a second audit in the same folder would overwrite the first one's Defuse files too
+        _check_out(out, (REPORT_NAME, RESULTS_NAME, "generator.pt", "fixed_model.pt", "regions/labels.csv",
+                         "regions/regions.npz"), force)
+        store = _check_db(db, out, record=record, name=name, db_force=db_force)
+        group_arrays = load_groups(groups) if groups is not None else None
         if labels is not None and not labels.is_file():
             raise FailsightInputError(f"labels file {labels} does not exist; run the audit without --labels first, "
                                       "fill in OUT/regions/labels.csv, then pass it.")
@@ -549,22 +619,22 @@ def audit(
             generator = out / "generator.pt" if (out / "generator.pt").is_file() else None
             regions = out / "regions" / "regions.npz" if (out / "regions" / "regions.npz").is_file() else None
         res = run_audit(net, read(test, "test"), calibration=read(calibration, "calibration"),
-                        train=read(train, "train"), groups=groups, baseline=base, ood=read(ood, "ood", False),
+                        train=read(train, "train"), groups=group_arrays, baseline=base, ood=read(ood, "ood", False),
                         steps=step_list, seed=seed, max_risk=max_risk, severities=sev, labels=labels,
                         shifts=None if shifts is None else [s.strip() for s in shifts.split(",") if s.strip()],
                         generator=generator, regions=regions, progress=progress)
-        paths = res.write(out, force=force)
-        run = res.record(db or default_store(out), name=name, report_path=str(paths["report"].resolve())) \
-            if record else None
-    except FailsightInputError as exc:
-        _fail(str(exc))
+        paths = res.write(out, force=force)  # files first: a recorded run always has its report
+        run = None if store is None else res.record(store, name=name, report_path=str(paths["report"].resolve()),
+                                                    allow_foreign=db_force)
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     typer.echo(res.summary())
     if "labels" in paths:
         typer.echo(f"Label the Defuse regions in {paths['labels'].resolve()} (a class or 'discard' per row), then "
                    "rerun with --labels that file --force to fix and verify.")
     if run is not None:
-        typer.echo(f"recorded as run {run.id} in {db or default_store(out)} (failsight runs list / compare).")
+        typer.echo(f"recorded as run {run.id} in {store} (failsight runs list / compare).")
     typer.echo(f"done in {res.seconds:.0f} s. Report: {paths['report'].resolve()}")
 
 
@@ -593,7 +663,8 @@ def study(
     seeds: str | None = typer.Option(None, "--seeds", show_default=False,
                                      help="Comma-separated seeds (default: the preset's)."),
     epochs: int | None = typer.Option(None, "--epochs", show_default=False, help="Override the preset's epochs."),
-    out: Path = typer.Option(Path("failsight-study"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("failsight-study"), "--out", "-o", parser=_out_dir, metavar="DIR",
+                             help="Output folder."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -601,21 +672,20 @@ def study(
     seeds on generated shapes x colours images; report shape / colour / object / zero-shot accuracy and
     shape bias per epoch, and whether each ablation hides a regression on some slice."""
     from failsight._validate import FailsightInputError
-    from failsight.report.html import Report, check_writable, write_json
+    from failsight.report.html import Report, write_json
     from failsight.study import run_study
     from failsight.study.report import study_section
 
-    report_path, results_path = out / "report.html", out / "results.json"
     try:
         if name != "shapes-colors":
             raise FailsightInputError(f"unknown study {name!r}; available: shapes-colors.")
-        check_writable([report_path, results_path], force)
+        report_path, results_path = _check_out(out, ("report.html", "results.json"), force)
         seed_list = None if seeds is None else [int(s) for s in seeds.split(",") if s.strip()]
         res = run_study(grid, seeds=seed_list, epochs=epochs, progress=not quiet and sys.stderr.isatty())
         Report(title="failsight study: shapes × colours").add(study_section(res)).write(report_path, force=force)
         write_json(results_path, {"failsight_version": __version__, "study": res}, force=force)
-    except (FailsightInputError, ValueError) as exc:
-        _fail(str(exc))
+    except (FailsightInputError, ValueError, OSError) as exc:
+        _fail(exc)
         return
     typer.echo(f"done in {res.seconds / 60:.1f} min. Report: {report_path.resolve()}")
 

@@ -13,6 +13,7 @@ explicit writers, used by the CLI.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from failsight._validate import FailsightInputError, check_fraction, check_int
-from failsight.types import Result
+from failsight.types import Result, to_jsonable
 
 __all__ = ["AUDIT_STEPS", "AuditResult", "Finding", "StepStatus", "audit", "default_store"]
 
@@ -160,9 +161,10 @@ class AuditResult(Result):
         before writing anything; refuses to overwrite unless ``force``. ``report``: a report built from this
         result with extra sections (default :func:`~failsight.auditing.report.audit_report`); ``extra``: more
         entries for ``results.json`` (the audit itself goes under ``"audit"``)."""
+        from failsight._io import check_output_dir
         from failsight.report.html import check_writable
 
-        out = Path(out_dir)
+        out = check_output_dir(out_dir, "out_dir")
         paths = {"report": out / REPORT_NAME, "results": out / RESULTS_NAME}
         if self.regions is not None and len(self.regions) and self.defuse is not None and self.defuse.labels is None:
             paths["labels"] = out / REGIONS_DIR / "labels.csv"
@@ -175,7 +177,16 @@ class AuditResult(Result):
         if self.fixed_model is not None:
             paths["fixed_model"] = out / "fixed_model.pt"
         check_writable(list(paths.values()), force)
+        # render everything before the first file is written, so a failure here leaves the folder untouched
+        if report is None:
+            from failsight.auditing.report import audit_report
+
+            report = audit_report(self)
+        html = report.render()
+        results_text = json.dumps(to_jsonable(self.to_dict() if extra is None else {**dict(extra), "audit": self.to_dict()}),
+                                  indent=2, allow_nan=False) + "\n"
         out.mkdir(parents=True, exist_ok=True)
+        # every file is written atomically; the report goes last, so its presence means the folder is complete
         if "labels" in paths:
             from failsight.defuse import FileLabeler, save_regions
 
@@ -186,28 +197,28 @@ class AuditResult(Result):
         if "fixed_model" in paths:
             import torch
 
-            torch.save(self.fixed_model, paths["fixed_model"])
-        if report is None:
-            self.to_html(paths["report"], force=force)
-        else:
-            report.write(paths["report"], force=force)
-        if extra is None:
-            self.to_json(paths["results"], force=force)
-        else:
-            from failsight.report.html import write_json
+            from failsight._io import atomic_open
 
-            write_json(paths["results"], {**dict(extra), "audit": self.to_dict()}, force=force)
+            with atomic_open(paths["fixed_model"], "wb", force=force) as fh:
+                torch.save(self.fixed_model, fh)
+        from failsight._io import atomic_write
+
+        atomic_write(paths["results"], results_text, force=force)
+        atomic_write(paths["report"], html, force=force)  # last: a report means a complete folder
         return paths
 
-    def record(self, store: Any, *, name: str | None = None, report_path: str | None = None) -> Any:
+    def record(self, store: Any, *, name: str | None = None, report_path: str | None = None,
+               allow_foreign: bool = False) -> Any:
         """Record this audit in a run store (a :class:`~failsight.runs.RunStore`, a SQLite path or any
         SQLAlchemy URL): model and data identity, config, every metric, and the test predictions with their
-        groups so two runs can be compared slice by slice. Returns the stored run record."""
+        groups so two runs can be compared slice by slice. Returns the stored run record. ``allow_foreign``:
+        accept a database that holds other applications' tables (see :class:`~failsight.runs.RunStore`).
+        Call it after :meth:`write`, so a recorded run always has its files."""
         from failsight import __version__
         from failsight.runs import RunStore
 
         own = not isinstance(store, RunStore)
-        st = RunStore(store) if own else store
+        st = RunStore(store, allow_foreign=allow_foreign) if own else store
         try:
             preds = None
             if self.y_test is not None and self.pred_test is not None:

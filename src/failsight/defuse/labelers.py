@@ -130,14 +130,15 @@ def grid_png_bytes(region: Region, ncols: int = 8, scale: int = 4) -> bytes:
 
 def write_grid_png(region: Region, path: str | os.PathLike, ncols: int = 8, scale: int = 4) -> Path:
     """Write the region's example grid as a PNG (see :func:`grid_png_bytes`); returns the path."""
-    path = Path(path)
-    path.write_bytes(grid_png_bytes(region, ncols=ncols, scale=scale))
-    return path
+    from failsight._io import atomic_write
+
+    return atomic_write(path, grid_png_bytes(region, ncols=ncols, scale=scale), force=True)
 
 
 def _check_dest(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise FailsightInputError(f"{str(path)!r} already exists; pass force=True to overwrite it.")
+    from failsight._io import check_output
+
+    check_output([path], force)
 
 
 # ------------------------------------------------------------------------------------------- labellers
@@ -204,10 +205,11 @@ class FileLabeler:
     def export(self, regions: Sequence[Region], class_names: Sequence[str], force: bool = False) -> Path:
         """Write the grids and ``labels.csv``; refuses to overwrite existing files unless ``force``. Returns
         the CSV path."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        from failsight._io import atomic_open, check_output
+
         targets = [self.labels_path] + [self.folder / f"region_{r.id}.png" for r in regions]
-        for t in targets:
-            _check_dest(t, force)
+        check_output(targets, force)  # every target before anything is written
+        self.folder.mkdir(parents=True, exist_ok=True)
         rows = []
         for r in regions:
             png = write_grid_png(r, self.folder / f"region_{r.id}.png")
@@ -215,7 +217,7 @@ class FileLabeler:
             rows.append({"region_id": r.id, "label": "", "size": r.size, "error_rate": f"{r.error_rate:.3f}",
                          "seed_label": class_names[a] if a < len(class_names) else a,
                          "predicted_label": class_names[b] if b < len(class_names) else b, "grid": png.name})
-        with open(self.labels_path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(self.labels_path, "w", force=force, newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
             writer.writeheader()
             writer.writerows(rows)

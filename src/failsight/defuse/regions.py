@@ -389,7 +389,9 @@ def save_regions(regions: Sequence[Region], path: str | os.PathLike, overwrite: 
             "components": to_jsonable(getattr(regions, "components", [])),
             "params": to_jsonable(getattr(regions, "params", {}))}
     arrays = {f"{k}_{i}": np.asarray(getattr(r, k)) for i, r in enumerate(regions) for k in _ARRAYS}
-    with open(path, "wb") as fh:
+    from failsight._io import atomic_open
+
+    with atomic_open(path, "wb", force=overwrite) as fh:
         np.savez_compressed(fh, meta=np.array(json.dumps(meta)), **arrays)
     return path
 

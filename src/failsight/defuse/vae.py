@@ -290,8 +290,11 @@ class VAE(nn.Module):
         existing file unless ``overwrite``."""
         if os.path.exists(path) and not overwrite:
             raise FailsightInputError(f"{os.fspath(path)!r} exists; pass overwrite=True to replace it.")
-        torch.save({"format": "failsight.defuse.VAE/1", "config": dict(self.config),
-                    "state_dict": self.state_dict()}, path)
+        from failsight._io import atomic_open
+
+        with atomic_open(path, "wb", force=overwrite) as fh:
+            torch.save({"format": "failsight.defuse.VAE/1", "config": dict(self.config),
+                        "state_dict": self.state_dict()}, fh)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VAE:

@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from failsight import __version__
+from failsight._io import OutputExistsError, atomic_write, check_output
 from failsight._validate import FailsightInputError
 from failsight.types import Interval, to_jsonable
 
@@ -47,8 +48,8 @@ _ID_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _NUM_RE = re.compile(r"^([-+−]?[0-9.,]+([eE][-+]?[0-9]+)?%?|–|[-−]?∞)(\s|$)")
 
 
-class ReportExistsError(FailsightInputError, FileExistsError):
-    """Raised when an output file exists and overwriting was not asked for (``force=False``)."""
+#: Raised when an output file exists and overwriting was not asked for (``force=False``).
+ReportExistsError = OutputExistsError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,34 +336,24 @@ class Report:
         )
 
     def write(self, path: str | Path, force: bool = False) -> Path:
-        """Render and write to ``path`` (parent folders are created). Refuses to replace an existing
-        file unless ``force`` (raises :class:`ReportExistsError`). Returns the path."""
+        """Render and write to ``path`` atomically (parent folders are created; see :func:`failsight._io.atomic_write`).
+        Refuses to replace an existing file or a link unless ``force`` (raises :class:`ReportExistsError`).
+        Returns the path."""
         path = Path(path)
         check_writable([path], force)
-        html = self.render()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(html, encoding="utf-8")
-        return path
+        return atomic_write(path, self.render(), force=force)
 
 
 def check_writable(paths: Iterable[str | Path], force: bool = False) -> None:
-    """Raise :class:`ReportExistsError` naming the first of ``paths`` that exists (unless ``force``) or
-    that is a directory."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            raise ReportExistsError(f"{p} is a directory; choose a file path for the output.")
-        if p.exists() and not force:
-            raise ReportExistsError(
-                f"{p} already exists; pass force=True (CLI: --force) to overwrite it, or choose another --out."
-            )
+    """Raise :class:`ReportExistsError` naming the first of ``paths`` that exists or is a symbolic link
+    (unless ``force``) or that is a directory (see :func:`failsight._io.check_output`)."""
+    check_output(paths, force)
 
 
 def write_json(path: str | Path, data: Any, force: bool = False) -> Path:
     """Write ``data`` (results, dataclasses, numpy arrays: anything :func:`to_jsonable` takes) as
-    indented strict JSON. Refuses to overwrite unless ``force``. Returns the path."""
+    indented strict JSON, atomically. Refuses to overwrite unless ``force``. Returns the path."""
     path = Path(path)
     check_writable([path], force)
     text = json.dumps(to_jsonable(data), indent=2, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return atomic_write(path, text + "\n", force=force)

@@ -14,7 +14,7 @@ import typer
 from failsight import __version__
 from failsight._validate import FailsightInputError
 
-__all__ = ["DEFAULT_DB", "ENV_DB", "resolve_db", "runs_app"]
+__all__ = ["DEFAULT_DB", "ENV_DB", "display", "resolve_db", "runs_app"]
 
 #: Exit code for bad input (the message on stderr says what is wrong and how to fix it).
 EXIT_BAD_INPUT = 2
@@ -35,9 +35,31 @@ runs_app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"failsight: error: {message}", err=True)
+def _fail(message: str | BaseException) -> None:
+    from failsight.cli import _reason
+
+    shown = "\n".join(display(line) for line in _reason(message).split("\n"))  # may quote a run name
+    typer.echo(f"failsight: error: {shown}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def display(text: Any) -> str:
+    """``text`` made safe to print on a terminal: control and format characters (escape sequences, carriage
+    returns, bidi overrides, ...) from run names, model or data names are shown escaped (``\\x1b``), never
+    interpreted."""
+    import unicodedata
+
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def resolve_db(db: str | None) -> str:
@@ -55,6 +77,12 @@ def _open(db: str | None) -> Any:
             f"no run store at {target} (from {how}); `failsight audit` records its runs in {DEFAULT_DB} next to "
             f"its --out folder: pass that file with --db or set {ENV_DB}.")
     return RunStore(target, create=False)
+
+
+def _out_dir(value: str | Path) -> Path:
+    from failsight.cli import _out_dir as parse
+
+    return parse(value)
 
 
 def _metric(metrics: dict[str, float | None], name: str) -> float | None:
@@ -91,8 +119,8 @@ def list_runs(
         with _open(db) as store:
             runs = store.list(limit=limit)
             where = store.location
-    except FailsightInputError as exc:
-        _fail(str(exc))
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     if not runs:
         typer.echo(f"no runs recorded in {where} yet.")
@@ -100,6 +128,7 @@ def list_runs(
     rows = [[str(r.id), r.created_at[:16].replace("T", " "), r.name, f"{r.model_name} ({r.model_id[:8]})",
              r.data_name, _fmt(_metric(r.metrics, "accuracy"), pct=True), _fmt(_metric(r.metrics, "ece"))]
             for r in runs]
+    rows = [[display(c) for c in row] for row in rows]  # names come from users' files
     for line in _table(["id", "when (UTC)", "name", "model", "data", "accuracy", "ECE"], rows, right={0, 5, 6}):
         typer.echo(line)
 
@@ -134,7 +163,7 @@ def compare_runs(
     b: str = typer.Argument(..., help="Candidate run: its id or a unique prefix of its name.", show_default=False,
                            metavar="B"),
     db: str | None = typer.Option(None, "--db", help=_DB_HELP, show_default=False),
-    out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
+    out: Path | None = typer.Option(None, "--out", "-o", show_default=False, parser=_out_dir, metavar="DIR",
                                     help="Also write report.html and results.json into this folder."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the per-slice verdicts."),
@@ -145,12 +174,12 @@ def compare_runs(
 
     Example: failsight runs compare 3 5 --out compare-3-5
     """
-    from failsight.report.html import check_writable, write_json
+    from failsight.cli import _check_level, _check_out
+    from failsight.report.html import write_json
 
     try:
-        paths = None if out is None else (out / "report.html", out / "results.json")
-        if paths is not None:
-            check_writable(paths, force)
+        alpha = _check_level(alpha, "--alpha")
+        paths = None if out is None else tuple(_check_out(out, ("report.html", "results.json"), force))
         with _open(db) as store:
             cmp = store.compare(a, b, alpha=alpha)
         if paths is not None:
@@ -158,10 +187,10 @@ def compare_runs(
 
             comparison_report(cmp).write(paths[0], force=force)
             write_json(paths[1], {"failsight_version": __version__, "comparison": cmp}, force=force)
-    except FailsightInputError as exc:
-        _fail(str(exc))
+    except (FailsightInputError, OSError) as exc:
+        _fail(exc)
         return
     for line in comparison_lines(cmp):
-        typer.echo(line)
+        typer.echo(display(line))
     if paths is not None:
         typer.echo(f"\nReport: {paths[0].resolve()}")

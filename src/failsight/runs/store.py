@@ -13,7 +13,15 @@ Schema (SQLAlchemy Core; the same tables on SQLite and PostgreSQL):
 * ``failsight_run_metrics``: ``(run_id, name, value)``, one row per metric (``NULL``: not available),
   so plain SQL can query metrics across runs;
 * ``failsight_run_blobs``: ``(run_id, kind, data)`` binary payloads; ``kind="predictions"`` holds an
-  ``np.savez_compressed`` archive of ``y``, ``pred`` and the group labels (read back without pickle).
+  ``np.savez_compressed`` archive of ``y``, ``pred`` and the group labels (read back without pickle);
+* ``failsight_meta``: ``(key, value)``; ``schema_version`` is :data:`SCHEMA_VERSION` (a store written before
+  the schema was versioned has no such table: it is recognised by its tables and upgraded on first write).
+
+Opening a store for writing creates or upgrades the schema in one transaction under a lock (SQLite: ``BEGIN
+IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so any number of processes may open a store
+that does not exist yet at the same time. A database holding other applications' tables and no failsight
+tables is refused unless ``allow_foreign=True`` (CLI: ``--db-force``); a store written by a newer failsight
+(a higher schema version) is refused.
 """
 
 from __future__ import annotations
@@ -48,11 +56,13 @@ if TYPE_CHECKING:
     from failsight.slices import Comparison, SliceReport
 
 __all__ = [
+    "SCHEMA_VERSION",
     "MetricRow",
     "RunComparison",
     "RunRecord",
     "RunStore",
     "RunStoreError",
+    "check_run_name",
     "metadata",
     "metric_direction",
 ]
@@ -61,6 +71,15 @@ __all__ = [
 PREDICTIONS = "predictions"
 
 _INSTALL_HINT = "pip install 'failsight[postgres]'"
+
+#: Version of the table layout; bump it (and add an upgrade step in ``RunStore._upgrade``) on any change.
+SCHEMA_VERSION = 1
+#: Largest run id a store can hold (SQL BIGINT); larger ids name no run.
+_MAX_ID = 2**63 - 1
+#: Key of the PostgreSQL advisory lock that serialises schema creation (any fixed 64-bit number).
+_PG_SCHEMA_LOCK = 0x6661696C73696768  # "failsigh"
+#: Seconds a SQLite writer waits for another writer's lock before failing.
+_SQLITE_BUSY_TIMEOUT = 60.0
 
 metadata = sa.MetaData()
 
@@ -93,6 +112,15 @@ blobs_table = sa.Table(
     sa.Column("kind", sa.String(32), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
+
+meta_table = sa.Table(
+    "failsight_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+#: Tables of schema version 1 before it was versioned (``failsight_meta`` came with versioning).
+_LEGACY_TABLES = ("failsight_runs", "failsight_run_metrics", "failsight_run_blobs")
 
 
 class RunStoreError(FailsightInputError):
@@ -271,6 +299,11 @@ def _check_text(value: Any, name: str, optional: bool = False) -> str | None:
     return value
 
 
+def check_run_name(name: Any, what: str = "name") -> str:
+    """A valid run name (non-empty text of at most 255 characters), or :class:`FailsightInputError`."""
+    return _check_text(name, what)  # type: ignore[return-value]
+
+
 def _check_metrics(metrics: Any) -> dict[str, float | None]:
     if not isinstance(metrics, Mapping):
         raise FailsightInputError(
@@ -373,6 +406,20 @@ def _unpack_predictions(blob: bytes) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _sqlite_transactions(engine: sa.Engine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, start transactions (the documented pysqlite recipe), so DDL is
+    transactional and a connection can ask for ``BEGIN IMMEDIATE`` (execution option ``sqlite_begin``): the
+    write lock taken up front, so concurrent writers queue on the busy timeout instead of deadlocking."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()
@@ -401,7 +448,7 @@ def _make_url(url: str | os.PathLike, create: bool) -> sa.engine.URL:
             text = "postgresql+psycopg://" + text[len(prefix):]
     try:
         return sa.engine.make_url(text)
-    except sa_exc.ArgumentError as exc:
+    except (sa_exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise FailsightInputError(
             f"{url!r} is not a valid database URL ({exc}); pass a file path for SQLite or a URL such as "
             "postgresql://user:password@host:5432/dbname.") from exc
@@ -412,9 +459,13 @@ class RunStore:
 
     ``url``: a file path (a SQLite file, created if missing; its folder must exist) or any SQLAlchemy URL
     (``sqlite:///runs.db``, ``postgresql://user@host/db``; plain ``postgresql://`` uses the psycopg 3
-    driver, installed by ``pip install 'failsight[postgres]'``). Tables are created if missing unless
-    ``create=False``, which instead refuses a store that does not exist yet. ``connect_timeout``
-    (seconds) bounds the wait for an unreachable PostgreSQL server.
+    driver, installed by ``pip install 'failsight[postgres]'``). Tables are created (or an unversioned
+    store upgraded) if needed unless ``create=False``, which instead refuses a store that does not exist
+    yet and changes nothing. ``allow_foreign``: use a database that already holds other applications'
+    tables (refused by default, so failsight never mixes its tables into another program's database by
+    mistake). ``connect_timeout`` (seconds) bounds the wait for an unreachable PostgreSQL server.
+
+    Safe for concurrent use: several processes may create and write the same new store at once.
 
     Use it as a context manager (or call :meth:`close`)::
 
@@ -424,15 +475,19 @@ class RunStore:
             store.compare(run.id - 1, run.id).summary()
     """
 
-    def __init__(self, url: str | os.PathLike, *, create: bool = True, connect_timeout: int = 10) -> None:
+    def __init__(self, url: str | os.PathLike, *, create: bool = True, connect_timeout: int = 10,
+                 allow_foreign: bool = False, _check_only: bool = False) -> None:
         connect_timeout = check_int(connect_timeout, "connect_timeout", minimum=1)
         self.url = _make_url(url, create)
         self.location = self.url.render_as_string(hide_password=True)
-        if self.url.drivername.startswith("sqlite") and self.url.database not in (None, "", ":memory:"):
+        self.backend = self.url.get_backend_name()
+        if self.backend == "sqlite" and self.url.database not in (None, "", ":memory:"):
             self.location = str(self.url.database)
         kwargs: dict[str, Any] = {}
-        if self.url.get_backend_name() == "postgresql" and "connect_timeout" not in self.url.query:
+        if self.backend == "postgresql" and "connect_timeout" not in self.url.query:
             kwargs["connect_args"] = {"connect_timeout": connect_timeout}
+        if self.backend == "sqlite":
+            kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT}
         try:
             self.engine = sa.create_engine(self.url, **kwargs)
         except sa_exc.NoSuchModuleError as exc:
@@ -441,22 +496,153 @@ class RunStore:
                 "URL such as postgresql://user@host/db.") from exc
         except ImportError as exc:
             hint = (f"{_INSTALL_HINT} (psycopg 3, used by plain postgresql:// URLs)"
-                    if self.url.get_backend_name() == "postgresql" else "install the database driver")
+                    if self.backend == "postgresql" else "install the database driver")
             raise RunStoreError(
                 f"the database driver for {self.url.drivername!r} is not installed ({_first_line(exc)}); "
                 f"{hint}, or use a SQLite file path.") from exc
         except sa_exc.ArgumentError as exc:
             raise RunStoreError(f"cannot use the database URL {self.location!r}: {exc}") from exc
+        if self.backend == "sqlite":
+            _sqlite_transactions(self.engine)
         try:
             with self._errors("opening"):
-                if create:
-                    metadata.create_all(self.engine, checkfirst=True)
-                elif not sa.inspect(self.engine).has_table(runs_table.name):
-                    raise RunStoreError(f"{self.location} holds no failsight runs (no table {runs_table.name}); "
-                                        "record a run first (failsight audit) or check the store path/URL.")
+                self._open_schema(create, bool(allow_foreign), _check_only)
         except BaseException:
             self.engine.dispose()
             raise
+
+    # ---------------------------------------------------------------------------------------- schema
+
+    def _schema_version(self, conn: sa.Connection, tables: set[str]) -> int | None:
+        """The stored schema version; ``None`` for an unversioned (pre-versioning) store."""
+        if meta_table.name not in tables:
+            return None
+        value = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise RunStoreError(
+                f"{self.location} has a {meta_table.name} table without a valid schema_version ({value!r}); it was "
+                "not written by failsight, or was damaged. Use another store.") from None
+
+    def _check_version(self, version: int | None) -> None:
+        if version is not None and version > SCHEMA_VERSION:
+            raise RunStoreError(
+                f"the run store {self.location} was written by a newer failsight (schema version {version}; this "
+                f"failsight {__version__} reads up to version {SCHEMA_VERSION}). Upgrade failsight "
+                "(pip install -U failsight) or use another store.")
+        if version is not None and version < 1:
+            raise RunStoreError(f"the run store {self.location} has an unknown schema version {version}.")
+
+    def _check_legacy(self, conn: sa.Connection) -> None:
+        """An unversioned store must have version 1's columns to be read or upgraded."""
+        insp = sa.inspect(conn)
+        for table in (runs_table, metrics_table):
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            missing = sorted({c.name for c in table.columns} - have)
+            if missing:
+                raise RunStoreError(
+                    f"{self.location} has a table {table.name} without the column(s) {', '.join(missing)}: it was "
+                    "not written by failsight, or by an unknown version. Use another store.")
+
+    @classmethod
+    def check(cls, url: str | os.PathLike, *, allow_foreign: bool = False, connect_timeout: int = 10) -> str:
+        """Check, without writing anything, that a run could be recorded in ``url``: the URL parses, the driver
+        is installed, the server answers, the SQLite file's folder exists and is writable, and the database is a
+        failsight store of a known version (or a new/empty one; one with other applications' tables only when
+        ``allow_foreign``). Raises :class:`RunStoreError` / :class:`FailsightInputError` naming the problem;
+        returns the store's display location. The CLI calls it before any work starts."""
+        target = _make_url(url, True)
+        if target.get_backend_name() == "sqlite" and target.database not in (None, "", ":memory:"):
+            path = Path(str(target.database))
+            if not path.exists():  # connecting would create the file: check the folder instead
+                if not os.access(path.parent, os.W_OK | os.X_OK):
+                    raise RunStoreError(f"cannot create the run store {path}: its folder {path.parent} is not "
+                                        "writable; pass a --db in a folder you can write to.")
+                return str(path)
+            if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
+                raise RunStoreError(f"the run store {path} is not a file you can read and write; fix its "
+                                    "permissions or pass another --db.")
+        store = cls(url, create=True, allow_foreign=allow_foreign, connect_timeout=connect_timeout, _check_only=True)
+        store.close()
+        return store.location
+
+    def _open_schema(self, create: bool, allow_foreign: bool, check_only: bool = False) -> None:
+        ours = {t.name for t in metadata.sorted_tables}
+        with self.engine.connect() as conn:  # fast path, no lock: an existing, current store
+            tables = set(sa.inspect(conn).get_table_names())
+            version = self._schema_version(conn, tables)
+            self._check_version(version)
+            if version == SCHEMA_VERSION and ours <= tables:
+                return
+            if check_only:  # what _create_or_upgrade would refuse, without writing
+                self._refuse_foreign(tables, allow_foreign)
+                if version is None and runs_table.name in tables:
+                    self._check_legacy(conn)
+                return
+            if not create:
+                if runs_table.name not in tables:
+                    raise RunStoreError(f"{self.location} holds no failsight runs (no table {runs_table.name}); "
+                                        "record a run first (failsight audit) or check the store path/URL.")
+                if version is None:  # readable as is; upgraded by the first write
+                    self._check_legacy(conn)
+                return
+        try:
+            self._create_or_upgrade(allow_foreign)
+        except sa_exc.DatabaseError:
+            if self.backend in ("sqlite", "postgresql"):
+                raise
+            self._create_or_upgrade(allow_foreign)  # no lock there: a concurrent creator won; check again
+
+    def _create_or_upgrade(self, allow_foreign: bool) -> None:
+        ours = {t.name for t in metadata.sorted_tables}
+        with self._schema_lock() as conn:  # create or upgrade: one process at a time, in one transaction
+            tables = set(sa.inspect(conn).get_table_names())
+            version = self._schema_version(conn, tables)
+            self._check_version(version)
+            if version == SCHEMA_VERSION and ours <= tables:
+                return  # another process created it while this one waited for the lock
+            self._refuse_foreign(tables, allow_foreign)
+            if version is None and runs_table.name in tables:
+                self._check_legacy(conn)  # an unversioned store of version 1: stamp it
+            metadata.create_all(conn, checkfirst=True)
+            if version is None:
+                conn.execute(meta_table.insert(), [
+                    {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                    {"key": "created_by", "value": f"failsight {__version__}"}])
+
+    def _refuse_foreign(self, tables: set[str], allow_foreign: bool) -> None:
+        ours = {t.name for t in metadata.sorted_tables}
+        foreign = sorted(t for t in tables - ours if not t.startswith("sqlite_"))
+        if not (tables & ours) and foreign and not allow_foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise RunStoreError(
+                f"{self.location} already holds tables of another application ({shown}) and no failsight runs; "
+                "failsight will not add its tables to it. Pass a new file or database for the run store, or "
+                "allow it explicitly (CLI: --db-force; library: allow_foreign=True).")
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``, so concurrent writers queue instead of failing)."""
+        conn = self.engine.connect()
+        if self.backend == "sqlite":
+            conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        with conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[sa.Connection]:
+        """A connection in a transaction that holds the store's schema lock; commits on a clean exit."""
+        if self.backend == "sqlite":
+            with self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE") as conn, conn.begin():
+                yield conn
+        elif self.backend == "postgresql":
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+                yield conn
+        else:  # other databases: no portable lock; a lost race shows up as "already exists" below
+            with self.engine.begin() as conn:
+                yield conn
 
     # ---------------------------------------------------------------------------------------- plumbing
 
@@ -478,8 +664,19 @@ class RunStore:
         try:
             yield
         except sa_exc.OperationalError as exc:
+            reason = _first_line(exc)
+            if self.backend == "sqlite":
+                if "locked" in reason or "busy" in reason:
+                    hint = (f"another program held a lock on it for over {_SQLITE_BUSY_TIMEOUT:.0f} s; retry when "
+                            "it is done")
+                elif "readonly" in reason or "read-only" in reason:
+                    hint = "make the file (and its folder) writable, or use another store"
+                else:
+                    hint = "check that it is a SQLite file written by failsight and that you can read and write it"
+                raise RunStoreError(
+                    f"cannot use the SQLite run store {self.location} while {action} it: {reason}; {hint}.") from exc
             raise RunStoreError(
-                f"cannot reach the run store {self.location} while {action} it: {_first_line(exc)}. Check that "
+                f"cannot reach the run store {self.location} while {action} it: {reason}. Check that "
                 "the server runs and that host, port, user, password and database name are right.") from exc
         except sa_exc.DatabaseError as exc:
             raise RunStoreError(
@@ -514,7 +711,7 @@ class RunStore:
         created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
         if name is None:
             name = f"{fields['model_name'][:230]}-{created:%Y%m%d-%H%M%S}"
-        with self._errors("writing to"), self.engine.begin() as conn:
+        with self._errors("writing to"), self._write() as conn:
             res = conn.execute(runs_table.insert().values(
                 created_at=created, name=name, config=config_text, report_path=report,
                 has_predictions=blob is not None, **fields))
@@ -566,8 +763,11 @@ class RunStore:
         if not key:
             raise FailsightInputError("the run name is empty; give a run id or a name prefix.")
         c = runs_table.c
+        if key.isdigit() and int(key) > _MAX_ID and not isinstance(run_id, str):
+            raise FailsightInputError(f"no run with id {key} in {self.location} (run ids are at most {_MAX_ID}); "
+                                      "list the runs with `failsight runs list`.")
         with self._errors("reading"), self.engine.connect() as conn:
-            if key.isdigit():
+            if key.isdigit() and int(key) <= _MAX_ID:
                 rows = list(conn.execute(sa.select(runs_table).where(c.id == int(key))))
                 if rows or not isinstance(run_id, str):
                     if not rows:

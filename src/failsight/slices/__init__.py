@@ -21,7 +21,7 @@ from failsight.slices.core import (
     evaluate,
     learning_curves,
 )
-from failsight.slices.io import load_groups
+from failsight.slices.io import load_groups, load_predictions
 
 __all__ = [
     "VERDICTS",
@@ -35,4 +35,5 @@ __all__ = [
     "evaluate",
     "learning_curves",
     "load_groups",
+    "load_predictions",
 ]

@@ -11,7 +11,10 @@ import numpy as np
 
 from failsight._validate import FailsightInputError, check_int
 
-__all__ = ["load_groups"]
+__all__ = ["load_groups", "load_predictions"]
+
+#: Keys a predictions ``.npz`` may hold the predictions under, in the order they are looked for.
+PREDICTION_KEYS = ("pred", "probs", "logits")
 
 
 def _is_number(s: str) -> bool:
@@ -67,7 +70,15 @@ def _load_npz(path: Path, cols: list[str] | None) -> dict[str, np.ndarray]:
 
 def _load_csv(path: Path, cols: list[str] | None, header: bool | None, delimiter: str | None,
               n_samples: int | None = None) -> dict[str, np.ndarray]:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise FailsightInputError(
+            f"{path} is not a text (UTF-8) CSV file; group labels go in a CSV (one column per slicing) or an .npz "
+            "saved with numpy.savez(path, groups=labels).") from None
+    if "\x00" in text:
+        raise FailsightInputError(f"{path} holds NUL bytes, so it is not a CSV text file; save the group labels as "
+                                  "a CSV (one column per slicing) or an .npz (numpy.savez(path, groups=labels)).")
     all_lines = text.splitlines()
     # blank lines before the first and after the last row are layout; a blank line between rows is a sample
     # whose group label is empty (reported as such below, not silently dropped into a length mismatch)
@@ -169,3 +180,56 @@ def load_groups(path: str | os.PathLike[str], column: str | Sequence[str] | None
     if p.suffix.lower() == ".npz":
         return _load_npz(p, cols)
     return _load_csv(p, cols, header, delimiter, n_samples)
+
+
+def _predicted_labels(scores: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """Predicted classes from ``pred`` (labels, as is), or ``probs``/``logits``: the argmax of an ``(n, k)``
+    array (the same for probabilities and logits: softmax keeps the order), or for an ``(n,)`` / ``(n, 1)``
+    binary score ``p >= 0.5`` (probs) or ``z >= 0`` (logits)."""
+    from failsight._validate import as_float_array
+
+    if key == "pred":
+        return scores
+    where = f"{path}['{key}']"
+    arr = as_float_array(scores, where, ndim=(1, 2))
+    if arr.ndim == 2 and arr.shape[1] > 1:
+        return arr.argmax(axis=1)
+    arr = arr.reshape(-1)
+    if key == "probs":
+        if arr.min() < 0 or arr.max() > 1:
+            raise FailsightInputError(
+                f"{where} is a 1-D binary score read as P(class 1), but its values lie in [{arr.min():.4g}, "
+                f"{arr.max():.4g}], outside [0, 1]: these look like logits; save them as 'logits'.")
+        return (arr >= 0.5).astype(np.int64)
+    if arr.min() >= 0 and arr.max() <= 1:
+        raise FailsightInputError(
+            f"{where} is a 1-D binary score, but every value lies in [0, 1], so these look like probabilities, not "
+            "logits (thresholds 0.5 and 0 would disagree); save them as 'probs', or as predicted labels 'pred'.")
+    return (arr >= 0).astype(np.int64)
+
+
+def load_predictions(path: str | os.PathLike[str], what: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(labels (n,), predicted labels (n,))`` from an ``.npz`` holding ``labels`` and one of ``pred``
+    (predicted labels), ``probs`` or ``logits`` (``(n, k)``, or ``(n,)`` binary scores), for
+    :func:`failsight.slices.evaluate` / :func:`~failsight.slices.compare`. No pickles are loaded."""
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise FailsightInputError(f"{what} file {p} does not exist; pass the path of an .npz file.")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise FailsightInputError(f"{what} file {p} is not a readable .npz ({exc}); save it with "
+                                  "numpy.savez(path, labels=y, pred=predicted_labels) (or probs= / logits=).") from exc
+    found = ", ".join(sorted(arrays)) or "nothing"
+    keys = [k for k in PREDICTION_KEYS if k in arrays]
+    if "labels" not in arrays or not keys:
+        raise FailsightInputError(
+            f"{what} file {p} must hold 'labels' (the true classes) and the predictions as 'pred' (labels), 'probs' "
+            f"or 'logits' (found: {found}); save it with numpy.savez(path, labels=y, pred=predicted_labels).")
+    if len(keys) > 1:
+        raise FailsightInputError(f"{what} file {p} holds {' and '.join(map(repr, keys))}; keep one so it is clear "
+                                  "which predictions to use.")
+    return arrays["labels"], _predicted_labels(arrays[keys[0]], keys[0], p)
