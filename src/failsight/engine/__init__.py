@@ -64,11 +64,13 @@ __all__ = [
 
 def run_sweep(plan: Plan, context: Any, *, executor: Executor | None = None, workers: int | None = None,
               backend: str = "local", ray_address: str | None = None, progress: bool = True,
-              label: str = "sweep", describe: Callable[[TaskSpec], str] | None = None) -> list[Any]:
+              label: str = "sweep", describe: Callable[[TaskSpec], str] | None = None,
+              work: float | None = None) -> list[Any]:
     """Run every task of ``plan`` on ``context``; returns the partials in plan order.
 
     Pass an ``executor`` to reuse workers across stages (the caller closes it), or ``workers`` /
-    ``backend`` / ``ray_address`` to make one for this call (see :func:`make_executor`). Progress: one
+    ``backend`` / ``ray_address`` to make one for this call (see :func:`make_executor`; ``work`` is the
+    sweep's size in input values × tasks, so that small sweeps skip starting workers). Progress: one
     event per finished task, shown by :mod:`failsight.progress` (a bar in a terminal, log lines otherwise).
     A failed task raises after the others finished: :class:`~failsight._validate.FailsightInputError` for
     input problems, :class:`SweepError` (with every :class:`TaskFailure`) otherwise.
@@ -76,7 +78,8 @@ def run_sweep(plan: Plan, context: Any, *, executor: Executor | None = None, wor
     from failsight.progress import progress_bar
 
     own = executor is None
-    ex = make_executor(workers, backend, ray_address=ray_address, n_tasks=len(plan)) if own else executor
+    ex = make_executor(workers, backend, ray_address=ray_address, n_tasks=len(plan),
+                                  work=work) if own else executor
     try:
         with progress_bar(label, progress) as bar:
             task = bar.add_task(label, total=len(plan), info="")

@@ -351,11 +351,18 @@ class RayExecutor(Executor):
         """Leaves the cluster running (other sweeps of this process reuse it); ``ray.shutdown()`` stops it."""
 
 
+#: With ``workers=None``, sweeps of less work than this (input values × tasks) run in this process: starting
+#: worker processes (about a second each, importing torch) would cost more than they save.
+SERIAL_WORK = 5e7
+
+
 def make_executor(workers: int | None = None, backend: str = "local", *, ray_address: str | None = None,
-                  n_tasks: int | None = None) -> Executor:
+                  n_tasks: int | None = None, work: float | None = None) -> Executor:
     """The executor for ``backend`` (``"local"`` or ``"ray"``) with ``workers`` workers.
 
-    Local: ``workers=None`` uses every usable core; ``workers=1`` (or a single task) runs in this process.
+    Local: ``workers=None`` uses every usable core, except for sweeps whose ``work`` (input values × tasks)
+    is below :data:`SERIAL_WORK`, which run in this process; ``workers=1`` (or a single task) runs in this
+    process too.
     """
     if backend not in ("local", "ray"):
         raise FailsightInputError(f"backend must be 'local' or 'ray', got {backend!r}.")
@@ -366,6 +373,8 @@ def make_executor(workers: int | None = None, backend: str = "local", *, ray_add
     if ray_address:
         raise FailsightInputError("ray_address was given with backend='local'; pass backend='ray' to use the cluster.")
     w = available_cores() if workers is None else workers
+    if workers is None and work is not None and work < SERIAL_WORK:
+        w = 1
     if n_tasks is not None:
         w = max(1, min(w, n_tasks))
     if w == 1:
