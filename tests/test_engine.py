@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 
+from _engine_kinds import draw as _draw
+from _engine_kinds import register
 from failsight._validate import FailsightInputError
 from failsight.engine import (
     LocalExecutor,
@@ -17,7 +19,6 @@ from failsight.engine import (
     SweepError,
     TaskKind,
     fold_partials,
-    register_task_kind,
     run_sweep,
     stable_key_hash,
     task_rng,
@@ -26,27 +27,7 @@ from failsight.progress import progress_bar
 from failsight.reliability._binning import BinCounts, top_label_counts, uniform_edges
 from failsight.robustness.evaluate import ConditionStats
 
-
-# ---------------------------------------------------------------------------------------------- task kinds
-def _draw(ctx, key, params):
-    return task_rng(ctx["seed"], "test", key).random(4)
-
-
-def _fail(ctx, key, params):
-    if key[0] == "bad":
-        raise ValueError("boom")
-    if key[0] == "input":
-        raise FailsightInputError("fix the input")
-    return key[0]
-
-
-def _hash_parts(ctx, key, params):
-    return [stable_key_hash(p) for p in key]
-
-
-register_task_kind(TaskKind("test.draw", run=_draw, mergeable=False))
-register_task_kind(TaskKind("test.fail", run=_fail, mergeable=False))
-register_task_kind(TaskKind("test.hash", run=_hash_parts, mergeable=False))
+register()
 
 
 def _stats(seed: int, n: int, k: int = 5) -> ConditionStats:
