@@ -8,6 +8,7 @@ import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 ray = pytest.importorskip("ray", reason="the ray backend needs ray (pip install 'failsight[ray]')")
+pytestmark = pytest.mark.xdist_group(name="ray")  # one cluster: keep these tests on one xdist worker
 
 import _engine_kinds  # noqa: E402
 from failsight.datasets.digits import load_digits_images  # noqa: E402
