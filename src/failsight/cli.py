@@ -226,8 +226,14 @@ def robustness(
     ood: Path | None = typer.Option(None, "--ood", show_default=False, metavar="OOD.npz",
                                     help="Out-of-distribution images (.npz with 'x') for the OOD-detection table."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions and the detection trials."),
+    workers: int | None = typer.Option(None, "--workers", "-w", show_default=False, min=1,
+                                       help="Parallel workers of the shift sweep (default: every core)."),
+    backend: str = typer.Option("local", "--backend", help="Where the sweep runs: local or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", show_default=False, envvar="RAY_ADDRESS",
+                                           help="Ray cluster address (default $RAY_ADDRESS; without one a "
+                                                "local cluster is started). Needs --backend ray."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:
     """Robustness report for a torch model on labelled images.
 
@@ -255,7 +261,8 @@ def robustness(
         analysis = analyze_robustness(
             net, test.x, test.y, shifts=names, severities=sev,
             x_reference=None if ref is None else ref.x, y_reference=None if ref is None else ref.y,
-            x_ood=None if ood_set is None else ood_set.x, seed=seed, progress=not quiet and sys.stderr.isatty())
+            x_ood=None if ood_set is None else ood_set.x, seed=seed, progress=not quiet, workers=workers,
+            backend=backend, ray_address=ray_address if backend == "ray" else None)
         report = Report(title="failsight robustness report",
                         subtitle=f"Model {model.name} on {data.name}" + (f", OOD images from {ood.name}" if ood else ""),
                         meta={"model": str(model), "data": str(data), "images": test.x.shape[0], "seed": seed})
@@ -510,8 +517,14 @@ def audit(
     record: bool = typer.Option(True, "--record/--no-record", help="Record the run in the run store."),
     name: str | None = typer.Option(None, "--name", show_default=False, help="Name of the run in the store."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
+    workers: int | None = typer.Option(None, "--workers", "-w", show_default=False, min=1,
+                                       help="Parallel workers of the shift sweep (default: every core)."),
+    backend: str = typer.Option("local", "--backend", help="Where the sweep runs: local or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", show_default=False, envvar="RAY_ADDRESS",
+                                           help="Ray cluster address (default $RAY_ADDRESS; without one a "
+                                                "local cluster is started). Needs --backend ray."),
     force: bool = typer.Option(False, "--force", "-f", help="Reuse an existing --out (overwrites its files)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:
     """Audit a model on your data with every pillar the inputs allow, and record the run.
 
@@ -529,7 +542,7 @@ def audit(
     from failsight.models.adapters import load_model
     from failsight.report.html import check_writable
 
-    progress = not quiet and sys.stderr.isatty()
+    progress = not quiet  # a bar in a terminal, plain log lines on stderr otherwise
     try:
         check_writable([out / REPORT_NAME, out / RESULTS_NAME], force)
         if labels is not None and not labels.is_file():
@@ -552,7 +565,8 @@ def audit(
                         train=read(train, "train"), groups=groups, baseline=base, ood=read(ood, "ood", False),
                         steps=step_list, seed=seed, max_risk=max_risk, severities=sev, labels=labels,
                         shifts=None if shifts is None else [s.strip() for s in shifts.split(",") if s.strip()],
-                        generator=generator, regions=regions, progress=progress)
+                        generator=generator, regions=regions, progress=progress, workers=workers,
+                        backend=backend, ray_address=ray_address if backend == "ray" else None)
         paths = res.write(out, force=force)
         run = res.record(db or default_store(out), name=name, report_path=str(paths["report"].resolve())) \
             if record else None
