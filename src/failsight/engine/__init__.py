@@ -65,13 +65,13 @@ __all__ = [
 def run_sweep(plan: Plan, context: Any, *, executor: Executor | None = None, workers: int | None = None,
               backend: str = "local", ray_address: str | None = None, progress: bool = True,
               label: str = "sweep", describe: Callable[[TaskSpec], str] | None = None,
-              work: float | None = None) -> list[Any]:
+              work: float | None = None, on_result: Callable[[TaskSpec, Any], Any] | None = None) -> list[Any]:
     """Run every task of ``plan`` on ``context``; returns the partials in plan order.
 
     Pass an ``executor`` to reuse workers across stages (the caller closes it), or ``workers`` /
     ``backend`` / ``ray_address`` to make one for this call (see :func:`make_executor`; ``work`` is the
     sweep's size in input values × tasks, so that small sweeps skip starting workers). Progress: one
-    event per finished task, shown by :mod:`failsight.progress` (a bar in a terminal, log lines otherwise).
+    event per finished task (and ``on_result(spec, partial)`` as it arrives), shown by :mod:`failsight.progress` (a bar in a terminal, log lines otherwise).
     A failed task raises after the others finished: :class:`~failsight._validate.FailsightInputError` for
     input problems, :class:`SweepError` (with every :class:`TaskFailure`) otherwise.
     """
@@ -87,7 +87,7 @@ def run_sweep(plan: Plan, context: Any, *, executor: Executor | None = None, wor
             def on_done(spec: TaskSpec) -> None:
                 bar.update(task, advance=1, info=describe(spec) if describe else " ".join(map(str, spec.key)))
 
-            return ex.run(plan, context, progress=on_done)
+            return ex.run(plan, context, progress=on_done, on_result=on_result)
     finally:
         if own:
             ex.close()
