@@ -1,7 +1,8 @@
 """Thread limits for torch and BLAS, shared by the pillars that run networks.
 
 Policy: workers × threads <= cores. Sweeps (:mod:`failsight.engine`) use the cores through worker
-processes, each limited to ``cores // workers`` threads (``FAILSIGHT_NUM_THREADS`` overrides it). Work that
+processes, one per core, each task on one thread (``FAILSIGHT_NUM_THREADS`` overrides it; the same thread
+count for every task keeps results identical for any worker count). Work that
 stays in the calling process uses :func:`auto_threads`: small networks on small inputs (the 8×8 digits, 32²
 shapes, 28² MNIST) run fastest on one thread — with more, the per-op synchronisation costs more than the
 work (measured on the MNIST CNN: 1 thread 264 images/s, 2 threads 198 on a loaded 2-core machine) — and

@@ -12,8 +12,8 @@ once per sweep stage, never once per task, and each task returns only its partia
   cache, shared by all workers). Contexts that do not pickle (a lambda as the model) run on threads instead.
 - :class:`RayExecutor`: ``ray.put(context)`` once per stage, one remote call per task (``num_cpus=1``).
 
-Each worker limits torch/BLAS threads so that workers × threads <= cores (``FAILSIGHT_NUM_THREADS`` sets
-the threads per worker explicitly).
+Each task runs on :func:`threads_per_worker` torch/BLAS threads (1 unless ``FAILSIGHT_NUM_THREADS`` says
+otherwise) whatever the worker count, so that floats come out identical for any worker count and backend.
 """
 
 from __future__ import annotations
@@ -54,12 +54,18 @@ def available_cores() -> int:
 
 
 def threads_per_worker(workers: int) -> int:
-    """Torch/BLAS threads for each of ``workers`` workers: ``FAILSIGHT_NUM_THREADS`` if set, else
-    ``cores // workers`` (at least 1), so workers × threads <= cores."""
+    """Torch/BLAS threads of every task: ``FAILSIGHT_NUM_THREADS`` if set, else 1.
+
+    The same for any worker count, on purpose: torch's kernels split reductions by thread count, so logits
+    computed on 2 threads can differ from 1-thread logits in the last bits, and "identical results for any
+    worker count and backend" needs every task to run on the same number of threads. Parallelism comes from
+    the workers (default one per core, so workers × threads <= cores); on the small CNNs measured here one
+    thread per process is also the fastest (MNIST CNN: 264 images/s on 1 thread, 198 on 2, loaded machine).
+    Set ``FAILSIGHT_NUM_THREADS`` (the same value everywhere) for large models with few workers."""
     env = os.environ.get("FAILSIGHT_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, available_cores() // max(1, workers))
+    return 1
 
 
 def set_worker_threads(n: int) -> None:
@@ -98,12 +104,16 @@ class Executor:
     workers: int = 1
     backend: str = "serial"
 
-    def run(self, plan: Plan, context: Any, progress: Any = None) -> list[Any]:
+    def run(self, plan: Plan, context: Any, progress: Any = None, on_result: Any = None) -> list[Any]:
+        """Partials in plan order; ``progress(spec)`` and ``on_result(spec, partial)`` are called on the driver
+        as each task finishes (completion order)."""
         results: dict[int, Any] = {}
         failures: list[TaskFailure] = []
         for i, ok, value in self._iter(plan, context):
             if ok:
                 results[i] = value
+                if on_result is not None:
+                    on_result(plan.specs[i], value)
             else:
                 failures.append(value)
             if progress is not None:
@@ -192,7 +202,13 @@ def _worker_init(threads: int) -> None:
 def _worker_task(token: str, path: str, run: Callable[..., Any], spec: TaskSpec) -> tuple[bool, Any]:
     if _WORKER_CONTEXT.get("token") != token:
         _WORKER_CONTEXT.clear()
-        _WORKER_CONTEXT["context"] = load_context(path)
+        try:
+            _WORKER_CONTEXT["context"] = load_context(path)
+        except Exception as exc:  # e.g. a model class the worker cannot import
+            return False, TaskFailure.from_exception(spec.kind, spec.key, RuntimeError(
+                f"a worker process could not load the model and data ({type(exc).__name__}: {exc}); define the "
+                "model class in an importable module (or under `if __name__ == '__main__':` in a script), or "
+                "pass workers=1"))
         _WORKER_CONTEXT["token"] = token
     return _call(run, _WORKER_CONTEXT["context"], spec)
 

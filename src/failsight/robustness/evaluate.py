@@ -397,7 +397,7 @@ def _run_condition(context: dict[str, Any], key: tuple[Any, ...], params: dict[s
     feat_parts: list[np.ndarray] = []
     for start in range(0, len(y), CORRUPT_ROWS):  # chunks of rows; each chunk is vectorised
         stop = min(start + CORRUPT_ROWS, len(y))
-        xb = np.ascontiguousarray(x[start:stop], dtype=np.float32)
+        xb = np.array(x[start:stop], dtype=np.float32)  # a writable copy of one chunk (x may be memory-mapped)
         if name != "clean":
             xb = corrupt_rows(xb, name, sev, context["seed"], start)
         yb = np.asarray(y[start:stop])
