@@ -207,6 +207,16 @@ def _numbers(res: Any) -> dict[str, Any]:
                            "slices": res.slices.to_dict() if res.slices is not None else None})
 
 
+def task_overhead(executor: Any, n: int = 200) -> float:
+    """Milliseconds per task of ``executor`` on tasks that do nothing (``engine.noop``), after a warm-up."""
+    from failsight.engine import Plan, run_sweep
+
+    run_sweep(Plan.build("engine.noop", [(i,) for i in range(8)]), None, executor=executor, progress=False)
+    t = time.perf_counter()
+    run_sweep(Plan.build("engine.noop", [(i,) for i in range(n)]), None, executor=executor, progress=False)
+    return 1000 * (time.perf_counter() - t) / n
+
+
 def run_set(name: str, model: Any, x_test: np.ndarray, y_test: np.ndarray, x_cal: np.ndarray, y_cal: np.ndarray,
             shifts: Any, workers: int, use_ray: bool, mem: TreeMemory) -> list[dict[str, Any]]:
     from failsight.robustness.analysis import default_shifts
@@ -230,10 +240,15 @@ def run_set(name: str, model: Any, x_test: np.ndarray, y_test: np.ndarray, x_cal
         nums = _numbers(res)
         same = "-" if ref is None else ("yes" if nums == ref else "NO")
         ref = nums if ref is None else ref
+        sweep = res.robustness.seconds.get("evaluate", float("nan"))
         rows.append({"set": name, "run": label, "wall": wall, "floor": floor, "rss": rss, "pss": pss, "same": same,
-                     "clean_acc": res.robustness.clean_accuracy})
-        print(f"  {label:<28} wall {wall:7.1f} s  wall/floor {wall / floor:5.2f}  peak RSS {rss:5.2f} GiB "
-              f"(PSS {pss:5.2f})  identical to 1 worker: {same}", flush=True)
+                     "sweep": sweep, "clean_acc": res.robustness.clean_accuracy})
+        print(f"  {label:<28} wall {wall:7.1f} s (shift sweep {sweep:6.1f} s)  wall/floor {wall / floor:5.2f}  "
+              f"peak RSS {rss:5.2f} GiB (PSS {pss:5.2f})  identical to 1 worker: {same}", flush=True)
+        if kw.get("backend") == "ray":
+            import ray
+
+            ray.shutdown()  # its processes would count in the next run's memory
     local_n = next(r for r in rows if r["run"].startswith(f"local, {workers}"))
     for r in rows:
         if r["run"].startswith("ray"):
@@ -248,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="mnist,rgb32", help="comma-separated: mnist, rgb32")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray comparison")
     ap.add_argument("--workers", type=int, default=None, help="workers of the parallel runs (default: all cores)")
+    ap.add_argument("--n-test", type=int, default=None, help="test images (default 10,000; --quick 2,000)")
+    ap.add_argument("--overhead", action="store_true", help="also measure the per-task cost of each executor")
     args = ap.parse_args(argv)
     if not (MNIST / "t10k-images-idx3-ubyte.gz").is_file():
         print(f"skipped: MNIST not found in {MNIST} (the original IDX .gz files)")
@@ -265,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"failsight scale benchmark: {available_cores()} usable cores, load average "
           f"{os.getloadavg()[0]:.1f}, {'quick' if args.quick else 'full'} mode", flush=True)
     x_tr, y_tr, x_te, y_te = _mnist()
-    n_test = 2000 if args.quick else len(y_te)
+    n_test = args.n_test or (2000 if args.quick else len(y_te))
     shifts = QUICK_SHIFTS if args.quick else None
     # calibration / reference split: the last 5,000 training images (never trained on)
     x_cal, y_cal, x_fit, y_fit = x_tr[-5000:], y_tr[-5000:], x_tr[:-5000], y_tr[:-5000]
@@ -281,15 +298,25 @@ def main(argv: list[str] | None = None) -> int:
         rows += run_set("rgb 3x32x32", model, _rgb32(x_te[:n_test], 2), y_te[:n_test], _rgb32(x_cal, 3), y_cal,
                         shifts, workers, use_ray, mem)
     mem.stop()
-    print("\n| set | run | wall s | wall / 1-core floor | peak RSS GiB (tree) | peak PSS GiB (tree) | same numbers |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| set | run | wall s | shift sweep s | wall / 1-core floor | peak RSS GiB (tree) | peak PSS GiB (tree) "
+          "| same numbers |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['set']} | {r['run']} | {r['wall']:.1f} | {r['wall'] / r['floor']:.2f} | {r['rss']:.2f} | "
-              f"{r['pss']:.2f} | {r['same']} |")
-    if use_ray:
-        import ray
+        print(f"| {r['set']} | {r['run']} | {r['wall']:.1f} | {r['sweep']:.1f} | {r['wall'] / r['floor']:.2f} | "
+              f"{r['rss']:.2f} | {r['pss']:.2f} | {r['same']} |")
+    if args.overhead:
+        from failsight.engine import LocalExecutor, RayExecutor, SerialExecutor
 
-        ray.shutdown()
+        print("\nper-task cost of the executor itself (tasks that return their key):")
+        for label, make in [("serial", SerialExecutor), (f"local processes ({workers})", lambda: LocalExecutor(workers)),
+                            (f"ray local cluster ({workers} CPUs)", lambda: RayExecutor(workers=workers))][
+                :3 if use_ray else 2]:
+            with make() as ex:
+                print(f"  {label:<28} {task_overhead(ex):7.2f} ms/task", flush=True)
+        if use_ray:
+            import ray
+
+            ray.shutdown()
     return 0
 
 

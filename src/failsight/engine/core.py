@@ -138,6 +138,15 @@ def list_task_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _noop(context: Any, key: TaskKey, params: dict[str, Any]) -> TaskKey:
+    return key
+
+
+#: A task that returns its key: measures the executor's own per-task cost (and checks a cluster is reachable).
+NOOP = TaskKind("engine.noop", run=_noop, mergeable=False)
+register_task_kind(NOOP)
+
+
 # --------------------------------------------------------------------------------------------------
 # plans
 # --------------------------------------------------------------------------------------------------
