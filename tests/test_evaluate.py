@@ -8,8 +8,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from failsight._validate import FailsightInputError
 from failsight.datasets.digits import load_digits_images
 from failsight.reliability.metrics import accuracy, brier_score, ece, nll
-from failsight.robustness.evaluate import RobustnessResult, evaluate
-from failsight.robustness.shifts import corrupt
+from failsight.robustness.evaluate import RobustnessResult, corrupted, evaluate
 
 SHIFTS = ("gaussian_noise", "contrast", "pixelate")
 SEV = (1, 3, 5)
@@ -43,7 +42,7 @@ def test_rows_use_reliability_metrics_on_corrupted_data(data):
     assert len(res.rows) == 1 + len(SHIFTS) * len(SEV)
     assert res.clean.shift == "clean" and res.clean.severity == 0
     for name, s in [("clean", 0), ("contrast", 3), ("gaussian_noise", 5)]:
-        xc = x if name == "clean" else corrupt(x, name, s, seed=3)
+        xc = x if name == "clean" else corrupted(x, name, s, seed=3)
         p = lr.predict_proba(xc.reshape(len(xc), -1))
         row = res.clean if name == "clean" else res.row(name, s)
         assert row.accuracy == pytest.approx(accuracy(y, p))

@@ -306,8 +306,14 @@ def robustness(
     ood: Path | None = typer.Option(None, "--ood", show_default=False, metavar="OOD.npz",
                                     help="Out-of-distribution images (.npz with 'x') for the OOD-detection table."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions and the detection trials."),
+    workers: int | None = typer.Option(None, "--workers", "-w", show_default=False, min=1,
+                                       help="Parallel workers of the shift sweep (default: every core)."),
+    backend: str = typer.Option("local", "--backend", help="Where the sweep runs: local or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", show_default=False, envvar="RAY_ADDRESS",
+                                           help="Ray cluster address (default $RAY_ADDRESS; without one a "
+                                                "local cluster is started). Needs --backend ray."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:
     """Robustness report for a torch model on labelled images.
 
@@ -335,7 +341,8 @@ def robustness(
         analysis = analyze_robustness(
             net, test.x, test.y, shifts=names, severities=sev,
             x_reference=None if ref is None else ref.x, y_reference=None if ref is None else ref.y,
-            x_ood=None if ood_set is None else ood_set.x, seed=seed, progress=not quiet and sys.stderr.isatty())
+            x_ood=None if ood_set is None else ood_set.x, seed=seed, progress=not quiet, workers=workers,
+            backend=backend, ray_address=ray_address if backend == "ray" else None)
         report = Report(title="failsight robustness report",
                         subtitle=f"Model {model.name} on {data.name}" + (f", OOD images from {ood.name}" if ood else ""),
                         meta={"model": str(model), "data": str(data), "images": test.x.shape[0], "seed": seed})
@@ -576,8 +583,14 @@ def audit(
     db_force: bool = typer.Option(False, "--db-force", help="Record in a database that already holds other "
                                                               "applications' tables (refused by default)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
+    workers: int | None = typer.Option(None, "--workers", "-w", show_default=False, min=1,
+                                       help="Parallel workers of the shift sweep (default: every core)."),
+    backend: str = typer.Option("local", "--backend", help="Where the sweep runs: local or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", show_default=False, envvar="RAY_ADDRESS",
+                                           help="Ray cluster address (default $RAY_ADDRESS; without one a "
+                                                "local cluster is started). Needs --backend ray."),
     force: bool = typer.Option(False, "--force", "-f", help="Reuse an existing --out (overwrites its files)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:
     """Audit a model on your data with every pillar the inputs allow, and record the run.
 
@@ -595,11 +608,13 @@ def audit(
     from failsight.models.adapters import load_model
     from failsight.slices import load_groups
 
-    progress = not quiet and sys.stderr.isatty()
+    progress = not quiet  # a bar in a terminal, plain log lines on stderr otherwise
     try:  # every argument is checked before the model is loaded
         # a second audit in the same folder would overwrite the first one's Defuse files too
         _check_out(out, (REPORT_NAME, RESULTS_NAME, "generator.pt", "fixed_model.pt", "regions/labels.csv",
                          "regions/regions.npz"), force)
+        if backend not in ("local", "ray"):
+            raise FailsightInputError(f"--backend must be 'local' or 'ray', not {backend!r}.")
         store = _check_db(db, out, record=record, name=name, db_force=db_force)
         group_arrays = load_groups(groups) if groups is not None else None
         if labels is not None and not labels.is_file():
@@ -622,7 +637,8 @@ def audit(
                         train=read(train, "train"), groups=group_arrays, baseline=base, ood=read(ood, "ood", False),
                         steps=step_list, seed=seed, max_risk=max_risk, severities=sev, labels=labels,
                         shifts=None if shifts is None else [s.strip() for s in shifts.split(",") if s.strip()],
-                        generator=generator, regions=regions, progress=progress)
+                        generator=generator, regions=regions, progress=progress, workers=workers,
+                        backend=backend, ray_address=ray_address if backend == "ray" else None)
         paths = res.write(out, force=force)  # files first: a recorded run always has its report
         run = None if store is None else res.record(store, name=name, report_path=str(paths["report"].resolve()),
                                                     allow_foreign=db_force)

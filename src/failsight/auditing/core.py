@@ -328,6 +328,9 @@ def audit(
     batch_size: int | None = None,
     num_threads: int | str | None = "auto",
     progress: bool = True,
+    workers: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> AuditResult:
     """Audit ``model`` on labelled ``test`` data with every pillar that the inputs allow.
 
@@ -359,14 +362,19 @@ def audit(
     regions : the regions those labels were written for (a ``regions.npz`` from a first audit's output, or a
         region list), so ids match; default: the regions found in this run (same seed → same regions).
     *_options : extra keyword arguments for each pillar's analysis function.
-    num_threads : torch/BLAS threads during the audit; ``"auto"`` uses one thread for small inputs (at most
-        3×64×64 values per sample), where it is fastest, and torch's default otherwise.
+    num_threads : torch/BLAS threads of this process during the audit; ``"auto"``: see
+        :func:`failsight._threads.auto_threads` (the shift sweep's workers set their own).
+    workers, backend, ray_address : where the robustness sweep runs (:mod:`failsight.engine`): ``workers``
+        local processes (default every core), or ``backend="ray"`` on the cluster at ``ray_address`` /
+        ``RAY_ADDRESS`` (a local one without). Results do not depend on them.
     """
     args = dict(locals())  # every argument, passed on to _audit
     from failsight._threads import auto_threads, limit_threads
 
     test_d = _as_data(args.pop("test"), "test")
     threads = num_threads if num_threads != "auto" else auto_threads(int(np.prod(test_d.x.shape[1:])))
+    engine = {k: args.pop(k) for k in ("workers", "backend", "ray_address")}
+    args["robustness_options"] = {**engine, **(robustness_options or {})}
     with limit_threads(threads):
         return _audit(test_d=test_d, **{k: v for k, v in args.items() if k != "num_threads"})
 

@@ -117,6 +117,27 @@ class BinCounts:
     sum_hit: np.ndarray
     n: int
 
+    @classmethod
+    def empty(cls, edges: np.ndarray) -> BinCounts:
+        """The identity of :meth:`merge`: zero sums on ``edges`` ``(m, B+1)`` (or ``(B+1,)`` for one column)."""
+        e = np.atleast_2d(np.asarray(edges, dtype=np.float64))
+        z = np.zeros((e.shape[0], e.shape[1] - 1))
+        return cls(e, z, z.copy(), z.copy(), 0)
+
+    def merge(self, other: BinCounts) -> BinCounts:
+        """Sums of two disjoint sets of samples binned on the same edges (a new object; neither is changed).
+
+        Counts and hits are exact under any grouping; ``sum_value`` is a float sum, so a fixed merge order
+        (the engine's key-ordered fold) makes it bit-reproducible.
+        """
+        if self.edges.shape != other.edges.shape or not np.array_equal(self.edges, other.edges):
+            raise FailsightInputError(
+                "cannot merge bin counts over different bin edges; bin both parts with the same uniform edges "
+                "(quantile edges depend on all of the data and do not merge)."
+            )
+        return BinCounts(self.edges, self.count + other.count, self.sum_value + other.sum_value,
+                         self.sum_hit + other.sum_hit, int(self.n + other.n))
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Reduced:

@@ -40,7 +40,19 @@ from failsight._validate import (
     check_int,
     check_labels,
 )
-from failsight.robustness.evaluate import RobustnessResult
+from failsight.engine import make_executor, task_rng
+from failsight.robustness.evaluate import (
+    CORRUPT_ROWS,
+    CURVE_THRESHOLDS,
+    ConditionStats,
+    RobustnessResult,
+    _build_result,
+    _check_baseline,
+    _eval_mode,
+    _Runner,
+    _sweep_conditions,
+    _to_probs,
+)
 from failsight.types import Result
 
 __all__ = [
@@ -61,8 +73,6 @@ DETECTORS: tuple[str, ...] = ("bbsd", "mmd", "classifier")
 DETECTION_FAMILIES: tuple[str, ...] = ("noise", "blur", "weather", "digital")
 #: Default sizes of the unlabelled new samples handed to the detectors.
 DEFAULT_DETECTION_SIZES: tuple[int, ...] = (10, 50, 200)
-#: Confidence thresholds τ of the accuracy-vs-confidence curves.
-CURVE_THRESHOLDS: np.ndarray = np.round(np.r_[np.arange(0.0, 0.951, 0.05), 0.99], 2)
 _DETECTOR_NAMES = {"bbsd": "BBSD", "mmd": "MMD", "classifier": "the classifier test"}
 _OOD_NAMES = {"msp": "MSP", "max_logit": "the max logit", "energy": "the energy score", "entropy": "entropy",
               "mahalanobis": "the Mahalanobis score"}
@@ -254,182 +264,21 @@ def _check_sizes(sizes: Any) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def _progress(enabled: bool, label: str):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=True, disable=not enabled,
-    )
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _to_probs(out: np.ndarray, kind: str) -> np.ndarray:
-    """The probabilities evaluate derives from raw outputs (same arithmetic, so the numbers agree)."""
-    out = np.asarray(out, dtype=np.float64)
-    if kind == "logits":
-        return _softmax(out)
-    c = np.clip(out, 0.0, 1.0)
-    return c / c.sum(axis=1, keepdims=True)
-
-
 # --------------------------------------------------------------------------------------------------
-# the model tap: runs the model for evaluate and keeps what the later steps need
+# accuracy-vs-confidence curves (from the per-condition curve counts, which sum over family members)
 # --------------------------------------------------------------------------------------------------
-class _Tap:
-    """Callable handed to ``evaluate`` in place of the model: runs it on numpy batches ``(b, c, h, w)``,
-    returns its raw outputs and, while recording, keeps them (all rows), the penultimate features of the
-    rows the detectors and the OOD step need, and the first few input images of every condition."""
-
-    def __init__(self, model: Any, batch_size: int) -> None:
-        self.model = model
-        self.batch_size = batch_size
-        self.kind = "callable"
-        self._layer = None
-        self._captured: list[Any] = []
-        try:
-            from torch import nn
-
-            if isinstance(model, nn.Module):
-                self.kind = "torch"
-                linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-                self._layer = linears[-1] if linears else None
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
-        if self.kind == "callable":
-            if hasattr(model, "predict_proba"):
-                self.kind = "proba"
-            elif not callable(model):
-                raise FailsightInputError(
-                    f"model must be a torch.nn.Module, an object with predict_proba, or a callable mapping a "
-                    f"batch of images to logits or probabilities; got {type(model).__name__}."
-                )
-        self.has_features = self._layer is not None
-        self.recording = False
-
-    # --- plain forward passes ----------------------------------------------------------------------
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw outputs ``(b, k)`` and penultimate features ``(b, d)`` (None when unavailable) of one batch."""
-        try:
-            return self._forward(x)
-        except FailsightInputError:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FailsightInputError(
-                f"the model failed on a batch of images of shape {tuple(x.shape)} ({first}); check that the "
-                "images match what the model expects (channels, size, value range and normalisation)."
-            ) from exc
-
-    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.kind == "torch":
-            import torch
-
-            p = next(self.model.parameters(), None)
-            device = p.device if p is not None else torch.device("cpu")
-            self._captured.clear()
-            with torch.no_grad():
-                out = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
-            out = out.detach().float().cpu().numpy()
-            feats = None
-            if self.has_features and self._captured:
-                feats = self._captured[-1].reshape(len(x), -1).numpy()
-            elif self.has_features:  # the hook never fired (e.g. a scripted module): no features
-                self.has_features = False
-            return out, feats
-        if self.kind == "proba":
-            out = self.model.predict_proba(x.reshape(len(x), -1))
-        else:
-            out = self.model(x)
-        out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
-        return out, None
-
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Outputs and features of ``x`` in batches (not recorded)."""
-        outs, feats = [], []
-        for i in range(0, len(x), self.batch_size):  # loop over batches, not samples
-            o, f = self.forward(x[i:i + self.batch_size])
-            outs.append(o)
-            feats.append(f)
-        f_all = np.concatenate(feats) if feats and all(f is not None for f in feats) else None
-        return np.concatenate(outs), f_all
-
-    # --- recording for evaluate --------------------------------------------------------------------
-    def start(self, n: int, feature_conditions: np.ndarray, pool: np.ndarray) -> None:
-        """Record the next conditions of ``n`` rows each; keep features for every row of condition 0 and for
-        the ``pool`` rows of the conditions flagged in ``feature_conditions`` (bool per condition)."""
-        self.n = n
-        self.row = 0
-        self.outputs: list[np.ndarray] = []
-        self.sample_inputs: dict[int, np.ndarray] = {}
-        self.feature_conditions = feature_conditions
-        self.slot = np.cumsum(feature_conditions) - 1  # condition -> slot in the pool feature array
-        self.pool_pos = np.full(n, -1, dtype=np.int64)
-        self.pool_pos[pool] = np.arange(len(pool))
-        self.n_pool = len(pool)
-        self.clean_features: np.ndarray | None = None
-        self.pool_features: np.ndarray | None = None
-        self.recording = True
-
-    def __call__(self, xb: Any) -> np.ndarray:
-        xb = np.asarray(xb.detach().cpu().numpy() if hasattr(xb, "detach") else xb, dtype=np.float32)
-        out, feats = self.forward(xb)
-        if self.recording:
-            self._store(xb, out, feats)
-        return out
-
-    def _store(self, xb: np.ndarray, out: np.ndarray, feats: np.ndarray | None) -> None:
-        rows = self.row + np.arange(len(xb))
-        self.row += len(xb)
-        self.outputs.append(out)
-        cond, within = np.divmod(rows, self.n)
-        keep = within < _N_SAMPLE_CANDIDATES
-        for c in np.unique(cond[keep]):  # a few images per condition, for the sample grid
-            sel = keep & (cond == c)
-            block = self.sample_inputs.setdefault(int(c), np.zeros((min(self.n, _N_SAMPLE_CANDIDATES),
-                                                                    *xb.shape[1:]), np.float32))
-            block[within[sel]] = xb[sel]
-        if feats is None:
-            return
-        if self.clean_features is None:
-            self.clean_features = np.zeros((self.n, feats.shape[1]), np.float32)
-            self.pool_features = np.zeros((int(self.feature_conditions.sum()), self.n_pool, feats.shape[1]),
-                                          np.float32)
-        clean = cond == 0
-        self.clean_features[within[clean]] = feats[clean]
-        in_range = cond < len(self.feature_conditions)
-        want = in_range & self.feature_conditions[np.minimum(cond, len(self.feature_conditions) - 1)]
-        want &= self.pool_pos[within] >= 0
-        self.pool_features[self.slot[cond[want]], self.pool_pos[within[want]]] = feats[want]
-
-
-# --------------------------------------------------------------------------------------------------
-# accuracy-vs-confidence curves
-# --------------------------------------------------------------------------------------------------
-def _curve(conf: np.ndarray, correct: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy among samples with ``conf >= τ`` and their share, for each τ (one sort, no loop)."""
-    order = np.argsort(conf, kind="stable")
-    cs = conf[order]
-    hits = np.r_[0, np.cumsum(correct[order])]
-    start = np.searchsorted(cs, thresholds, side="left")
-    count = len(cs) - start
-    n_hit = hits[-1] - hits[start]
+def _curve_from_counts(n: int, count: np.ndarray, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.where(count > 0, n_hit / np.maximum(count, 1), np.nan)
-    return acc, count / len(cs)
+        acc = np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+    return acc, count / n
 
 
-def _confidence_curves(probs: np.ndarray, y: np.ndarray, conditions: list[tuple[str, int]],
-                       families: dict[str, str], severities: tuple[int, ...]) -> ConfidenceCurves:
-    conf = probs.max(axis=2)  # (n_conditions, n)
-    correct = probs.argmax(axis=2) == y[None, :]
-    index = {c: i for i, c in enumerate(conditions)}
+def _confidence_curves(stats: dict[tuple[str, int], Any], families: dict[str, str],
+                       severities: tuple[int, ...]) -> ConfidenceCurves:
+    """Curves per family × severity from the merged :class:`~failsight.robustness.evaluate.ConditionStats` of
+    its members (exact: the statistics are integer counts per threshold)."""
+    from failsight.robustness.evaluate import ConditionStats
+
     fams: dict[str, list[str]] = {}
     for name, fam in families.items():
         fams.setdefault(fam, []).append(name)
@@ -438,93 +287,118 @@ def _confidence_curves(probs: np.ndarray, y: np.ndarray, conditions: list[tuple[
     frac = np.zeros_like(acc)
     for i, members in enumerate(fams.values()):  # loop over families x severities (few), not samples
         for j, s in enumerate(severities):
-            rows = [index[(m, s)] for m in members]
-            acc[i, j], frac[i, j] = _curve(conf[rows].ravel(), correct[rows].ravel(), t)
-    clean_acc, clean_frac = _curve(conf[0], correct[0], t)
+            merged = ConditionStats.empty()
+            for m in members:
+                merged = merged.merge(stats[(m, s)])
+            acc[i, j], frac[i, j] = _curve_from_counts(merged.n, merged.curve_n, merged.curve_hits)
+    c = stats[("clean", 0)]
+    clean_acc, clean_frac = _curve_from_counts(c.n, c.curve_n, c.curve_hits)
     return ConfidenceCurves(thresholds=t.copy(), families=tuple(fams), severities=severities,
                             members={f: tuple(m) for f, m in fams.items()}, accuracy=acc, fraction=frac,
                             clean_accuracy=clean_acc, clean_fraction=clean_frac)
 
 
 # --------------------------------------------------------------------------------------------------
-# shift detection
+# shift detection: one engine task per (condition, trial), seeded from its key
 # --------------------------------------------------------------------------------------------------
-def _run_detection(*, rng: np.random.Generator, ref_soft: np.ndarray, ref_rep: np.ndarray,
-                   soft: np.ndarray, rep_of: Any, pool: np.ndarray, y_pool: np.ndarray, n_classes: int,
-                   cond_index: dict[tuple[str, int], int], families: dict[str, tuple[str, ...]],
-                   severities: tuple[int, ...], sizes: tuple[int, ...], n_trials: int, n_null_trials: int,
-                   reference_size: int,
-                   alpha: float, n_permutations: int, label_alpha: float, progress: bool) -> list[DetectionCell]:
-    """Detection rates; ``soft`` ``(n_cond, n, k)`` softmax outputs, ``rep_of(cond_ids, pool_pos)`` the
-    representation MMD and the classifier test see."""
+def _run_trial(ctx: dict[str, Any], key: tuple[Any, ...], params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One detection trial ``key = (shift, kind, severity, trial)``: p-values and statistics
+    ``(n_detectors, n_sizes)`` and the sizes used ``(n_sizes,)``. All draws come from the key's generator."""
     from threadpoolctl import threadpool_limits
 
+    from failsight.engine import task_rng
     from failsight.robustness.detect import detect_shift
     from failsight.robustness.label_shift import resample_to_priors
+
+    shift, kind, sev, _t = key
+    rng = task_rng(ctx["seed"], "detection", key)
+    ref_soft, ref_rep, soft, rep = ctx["ref_soft"], ctx["ref_rep"], ctx["soft"], ctx["rep"]
+    sizes, alpha, n_classes = ctx["sizes"], ctx["alpha"], ctx["n_classes"]
+    y_pool = ctx["y_pool"]
+    n_pool, n_max = len(y_pool), max(sizes)
+    p = np.full((len(DETECTORS), len(sizes)), np.nan)
+    stat = np.full_like(p, np.nan)
+    n_used = np.zeros(len(sizes))
+    ref_idx = rng.choice(len(ref_soft), size=min(ctx["reference_size"], len(ref_soft)), replace=False)
+    if kind == "label":
+        present = np.flatnonzero(np.bincount(y_pool, minlength=n_classes) > 0)
+        priors = np.zeros(n_classes)
+        priors[present] = rng.dirichlet(np.full(len(present), ctx["label_alpha"]))
+        pos = resample_to_priors(y_pool, priors=priors, n_classes=n_classes, replace=False,
+                                 seed=int(rng.integers(2**31)))[:n_max]
+    else:
+        pos = rng.choice(n_pool, size=min(n_max, n_pool), replace=False)
+    if kind == "family":
+        slots = np.array([ctx["slot"][(m, sev)] for m in ctx["families"][shift]])
+        slot = slots[rng.integers(0, len(slots), size=len(pos))]
+    else:
+        slot = np.zeros(len(pos), dtype=np.int64)
+    new_soft = np.asarray(soft[slot, pos])
+    new_rep = np.asarray(rep[slot, pos])
+    rs, rr = np.asarray(ref_soft[ref_idx]), np.asarray(ref_rep[ref_idx])
+    # the tests work on small matrices: BLAS/OpenMP threads only add overhead (10x on a busy machine)
+    with threadpool_limits(1):
+        for si, size in enumerate(sizes):
+            m = min(size, len(pos))
+            n_used[si] = m
+            if m < _MIN_DETECTION_SIZE:
+                continue
+            runs = (
+                detect_shift(rs, new_soft[:m], "bbsd", alpha=alpha),
+                detect_shift(rr, new_rep[:m], "mmd", alpha=alpha, n_permutations=ctx["n_permutations"],
+                             seed=int(rng.integers(2**31))),
+                detect_shift(rr, new_rep[:m], "classifier", alpha=alpha, seed=int(rng.integers(2**31))),
+            )
+            for di, r in enumerate(runs):
+                p[di, si] = r.p_value
+                stat[di, si] = r.statistic
+    return {"p": p, "stat": stat, "n_used": n_used}
+
+
+def _register() -> None:
+    from failsight.engine import TaskKind, register_task_kind
+
+    register_task_kind(TaskKind("robustness.detection_trial", run=_run_trial, mergeable=False,
+                                requires=("detection pool outputs",)))
+
+
+_register()
+
+
+def _run_detection(ctx: dict[str, Any], families: dict[str, tuple[str, ...]], severities: tuple[int, ...],
+                   n_trials: int, n_null_trials: int, *, executor: Any, progress: bool) -> list[DetectionCell]:
+    """Detection cells from one task per (condition, trial); the context holds the reference and pool arrays."""
+    from failsight.engine import Plan, TaskSpec, run_sweep
 
     conditions: list[tuple[str, str, int]] = [("no shift", "none", 0)]
     conditions += [(fam, "family", s) for fam in families for s in severities]
     conditions.append(("label shift", "label", 0))
-    n_max = max(sizes)
-    trials = np.array([n_null_trials if kind == "none" else n_trials for _, kind, _ in conditions])
-    t_max = int(trials.max())
-    p = np.full((len(conditions), len(DETECTORS), len(sizes), t_max), np.nan)
-    stat = np.full_like(p, np.nan)
-    n_used = np.zeros((len(conditions), len(sizes), t_max))
-    present = np.flatnonzero(np.bincount(y_pool, minlength=n_classes) > 0)
-    # the tests work on small matrices: BLAS/OpenMP threads only add overhead (10x on a busy machine)
-    with threadpool_limits(1), _progress(progress, "shift detection") as bar:
-        task = bar.add_task("detect", total=int(trials.sum()), info="")
-        for t in range(t_max):  # trials x conditions x sizes x detectors: a few hundred tests
-            for ci, (shift, kind, sev) in enumerate(conditions):
-                if t >= trials[ci]:
-                    continue
-                bar.update(task, info=f"trial {t + 1}: {shift}" + (f" s{sev}" if kind == "family" else ""))
-                ref_idx = rng.choice(len(ref_soft), size=min(reference_size, len(ref_soft)), replace=False)
-                if kind == "label":
-                    priors = np.zeros(n_classes)
-                    priors[present] = rng.dirichlet(np.full(len(present), label_alpha))
-                    pos = resample_to_priors(y_pool, priors=priors, n_classes=n_classes, replace=False,
-                                             seed=int(rng.integers(2**31)))[:n_max]
-                else:
-                    pos = rng.choice(len(pool), size=min(n_max, len(pool)), replace=False)
-                if kind == "family":
-                    members = families[shift]
-                    which = rng.integers(0, len(members), size=len(pos))
-                    conds = np.array([cond_index[(m, sev)] for m in members])[which]
-                else:
-                    conds = np.zeros(len(pos), dtype=np.int64)
-                new_soft = soft[conds, pool[pos]]
-                new_rep = rep_of(conds, pos)
-                for si, size in enumerate(sizes):
-                    m = min(size, len(pos))
-                    n_used[ci, si, t] = m
-                    if m < _MIN_DETECTION_SIZE:
-                        continue
-                    runs = (
-                        detect_shift(ref_soft[ref_idx], new_soft[:m], "bbsd", alpha=alpha),
-                        detect_shift(ref_rep[ref_idx], new_rep[:m], "mmd", alpha=alpha,
-                                     n_permutations=n_permutations, seed=int(rng.integers(2**31))),
-                        detect_shift(ref_rep[ref_idx], new_rep[:m], "classifier", alpha=alpha,
-                                     seed=int(rng.integers(2**31))),
-                    )
-                    for di, r in enumerate(runs):
-                        p[ci, di, si, t] = r.p_value
-                        stat[ci, di, si, t] = r.statistic
-                bar.update(task, advance=1)
+    trials = [n_null_trials if kind == "none" else n_trials for _, kind, _ in conditions]
+    specs = tuple(TaskSpec("robustness.detection_trial", (shift, kind, sev, t))
+                  for t in range(max(trials)) for ci, (shift, kind, sev) in enumerate(conditions) if t < trials[ci])
+    plan = Plan(specs)
+    out = run_sweep(plan, ctx, executor=executor, progress=progress, label="shift detection",
+                    describe=lambda s: f"trial {s.key[3] + 1}: {s.key[0]}" + (f" s{s.key[2]}" if s.key[1] == "family"
+                                                                              else ""))
+    by_key = {s.key: o for s, o in zip(specs, out, strict=True)}
+    sizes, alpha = ctx["sizes"], ctx["alpha"]
     cells = []
     for ci, (shift, kind, sev) in enumerate(conditions):
+        k = trials[ci]
+        part = [by_key[(shift, kind, sev, t)] for t in range(k)]
+        p = np.stack([q["p"] for q in part], axis=-1)  # (n_det, n_sizes, k)
+        stat = np.stack([q["stat"] for q in part], axis=-1)
+        n_used = np.stack([q["n_used"] for q in part], axis=-1)  # (n_sizes, k)
         for di, det in enumerate(DETECTORS):
             for si, size in enumerate(sizes):
-                k = int(trials[ci])
-                pv = p[ci, di, si, :k]
+                pv = p[di, si]
                 ok = np.isfinite(pv)
                 cells.append(DetectionCell(
                     detector=det, shift=shift, kind=kind, severity=sev, size=size,
-                    n_new=float(n_used[ci, si, :k].mean()), n_trials=k,
+                    n_new=float(n_used[si].mean()), n_trials=k,
                     detection_rate=float(np.mean(pv[ok] <= alpha)) if ok.any() else math.nan,
                     median_p_value=float(np.median(pv[ok])) if ok.any() else math.nan,
-                    mean_statistic=float(np.mean(stat[ci, di, si, :k][ok])) if ok.any() else math.nan,
+                    mean_statistic=float(np.mean(stat[di, si][ok])) if ok.any() else math.nan,
                     p_values=tuple(float(v) for v in pv),
                 ))
     return cells
@@ -580,6 +454,9 @@ def analyze_robustness(
     batch_size: int = 512,
     num_threads: int | None = None,
     progress: bool = True,
+    workers: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> RobustnessAnalysis:
     """Robustness of ``model`` on labelled images: shifts, calibration under shift, detection, OOD.
 
@@ -613,16 +490,24 @@ def analyze_robustness(
     label_shift_alpha : concentration of the Dirichlet the label-shift priors are drawn from (smaller = stronger).
     seed : seeds the corruptions, the reference split, the detection trials; same seed, same result.
     batch_size : images per forward pass.
-    num_threads : limit torch and BLAS threads during the call (restored afterwards); ``1`` is fastest for
-        small models on a busy machine. None leaves the settings alone (the detection tests always run
-        single-threaded: their matrices are small).
-    progress : show progress bars on stderr.
+    num_threads : limit torch and BLAS threads of this process during the call (restored afterwards); worker
+        processes follow ``FAILSIGHT_NUM_THREADS`` or ``cores // workers``. None leaves the settings alone (the
+        detection tests always run single-threaded: their matrices are small).
+    progress : show progress on stderr (a bar in a terminal, log lines otherwise).
+    workers : worker processes of the sweep (default: every usable core; small sweeps run in this process);
+        each worker uses ``cores // workers`` torch/BLAS threads. Results do not depend on it.
+    backend : ``"local"`` or ``"ray"``; ``ray_address`` (or ``RAY_ADDRESS``) names the cluster, without one
+        ``ray.init()`` starts a local cluster. Results do not depend on it.
+
+    Every shift × severity is one task of :mod:`failsight.engine` (corrupt chunk by chunk, run the model,
+    return sums and the detection pool rows' outputs), and every detection trial another task, seeded from its
+    key ``(condition, trial)``; peak memory does not grow with the number of conditions.
 
     Returns
     -------
     RobustnessAnalysis
     """
-    from failsight.robustness.evaluate import _check_shift_list, evaluate
+    from failsight.robustness.evaluate import _check_shift_list
     from failsight.robustness.shifts import CORRUPTIONS, shift_family
 
     t_start = time.perf_counter()
@@ -674,8 +559,8 @@ def analyze_robustness(
         _same_layout(xa, xo, "x_ood")
 
     notes: list[str] = []
-    rng = np.random.default_rng(seed)
-    # reference / pool split (decided up front: the tap keeps pool features while evaluate runs)
+    rng = task_rng(seed, "reference split", ())
+    # reference / pool split (decided up front: the condition tasks keep the pool rows' outputs)
     if xr is None:
         perm = rng.permutation(n)
         ref_rows, rest = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
@@ -701,93 +586,88 @@ def analyze_robustness(
             notes.append(f"Shift detection skipped: the pool of {len(pool)} test images is smaller than every "
                          "detection sample size; pass more test images or smaller detection_sizes.")
     conditions = [("clean", 0)] + [(s, v) for s in names for v in sev]
-    cond_index = {c: i for i, c in enumerate(conditions)}
     det_members = {f: tuple(s for s in names if families[s] == f) for f in det_fams} if sizes else {}
-    feature_conditions = np.zeros(len(conditions), dtype=bool)
-    feature_conditions[0] = True
-    for members in det_members.values():
-        for m in members:
-            for v in sev:
-                feature_conditions[cond_index[(m, v)]] = True
+    pool_keys = {("clean", 0)} | {(m, v) for members in det_members.values() for m in members for v in sev}
 
-    tap = _Tap(model, batch_size)
-    was_training = getattr(model, "training", None) if tap.kind == "torch" else None
+    base_result = _check_baseline(baseline, names, sev, n)
+    runner = _Runner(model, batch_size, features=True)
+    runners = [runner]
+    if baseline is not None and base_result is None:
+        runners.append(_Runner(baseline, batch_size))
     seconds: dict[str, float] = {}
-    handle = None
+    work = float(xa.size) * len(conditions) * len(runners)
+    executor = make_executor(workers, backend, ray_address=ray_address, n_tasks=len(conditions), work=work)
     try:
-        if tap.kind == "torch":
-            model.eval()
-            if tap.has_features:
-                try:
-                    handle = tap._layer.register_forward_pre_hook(
-                        lambda _m, inp: tap._captured.append(inp[0].detach().float().cpu()))
-                except (RuntimeError, AttributeError):  # scripted modules may refuse hooks
-                    tap.has_features = False
-        with limit_threads(num_threads):
-            # 1. evaluation table, recording outputs --------------------------------------------------
+        with _eval_mode(model), _eval_mode(baseline), limit_threads(num_threads):
+            # 1. evaluation table: one engine task per condition ------------------------------------------
             t0 = time.perf_counter()
-            tap.start(n, feature_conditions, pool)
-            evaluation = evaluate(tap, xa, ya, shifts=names, severities=sev, baseline=baseline, seed=seed,
-                                  batch_size=batch_size, progress=progress)
-            tap.recording = False
-            kind = evaluation.output_kind
-            raw, samples_in, clean_feats, pool_feats = _collect(tap, xa, ya, evaluation, conditions, seed, kind)
+            for r in runners:  # decide logits/probabilities and check outputs and labels before the sweep
+                ConditionStats.of(ya[:CORRUPT_ROWS], r.probs(r.decide(xa[:CORRUPT_ROWS])[0]))
+            kind = runner.output_kind or "logits"
+            partials = _sweep_conditions(runners, xa, ya, conditions, seed, executor=executor, progress=progress,
+                                         pool=pool, pool_keys=pool_keys, n_samples=_N_SAMPLE_CANDIDATES)
+            evaluation = _build_result(names, sev, [[s.metrics() for s in p.stats] for p in partials], base_result,
+                                       n, seed, kind)
             seconds["evaluate"] = time.perf_counter() - t0
-            probs = _to_probs(raw.reshape(-1, raw.shape[-1]), kind).reshape(raw.shape)
-            n_classes = probs.shape[2]
-            curves = _confidence_curves(probs, ya, conditions, families, sev)
+            stats = {c: p.stats[0] for c, p in zip(conditions, partials, strict=True)}
+            curves = _confidence_curves(stats, families, sev)
+            clean = partials[0]
+            raw0, clean_feats = clean.raw, clean.features
+            n_classes = raw0.shape[1]
 
             # sample grids: the first correctly classified candidate image
-            clean_ok = np.flatnonzero(probs[0, :_N_SAMPLE_CANDIDATES].argmax(1) == ya[:_N_SAMPLE_CANDIDATES])
+            n_cand = min(n, _N_SAMPLE_CANDIDATES)
+            clean_ok = np.flatnonzero(_to_probs(raw0[:n_cand], kind).argmax(1) == ya[:n_cand])
             sample_index = int(clean_ok[0]) if len(clean_ok) else 0
-            samples = {name: np.stack([samples_in[0][sample_index]]
-                                      + [samples_in[cond_index[(name, v)]][sample_index] for v in sev])
-                       for name in names}
+            samples = {name: np.stack([clean.samples[sample_index]]
+                                      + [partials[1 + i * len(sev) + j].samples[sample_index]
+                                         for j in range(len(sev))])
+                       for i, name in enumerate(names)}
 
             # reference outputs / features ---------------------------------------------------------------
+            use_feats = runner.has_features and clean_feats is not None
             if xr is not None:
-                ref_raw, ref_feats = tap.predict(xr)
+                ref_raw, ref_feats = runner.predict(xr)
             else:
-                ref_raw = raw[0, ref_rows]
+                ref_raw = raw0[ref_rows]
                 ref_feats = clean_feats[ref_rows] if clean_feats is not None else None
+            use_feats = use_feats and ref_feats is not None
             ref_probs = _to_probs(ref_raw, kind)
-            use_feats = tap.has_features and clean_feats is not None
             rep_name = (f"penultimate features ({clean_feats.shape[1]}-d)" if use_feats
                         else ("logits" if kind == "logits" else "probabilities"))
 
-            # 2. shift detection --------------------------------------------------------------------------
+            # 2. shift detection: one engine task per (condition, trial) ----------------------------------
             t0 = time.perf_counter()
             cells: list[DetectionCell] = []
+            ref_size = n_ref_total if reference_size is None else min(reference_size, n_ref_total)
             if sizes:
+                det_keys = sorted(pool_keys - {("clean", 0)}, key=conditions.index)
+                slot = {("clean", 0): 0} | {c: i + 1 for i, c in enumerate(det_keys)}
+                by_key = dict(zip(conditions, partials, strict=True))
+                soft = np.stack([by_key[c].pool_soft for c in slot])
                 if use_feats:
-                    slot = np.cumsum(feature_conditions) - 1
-
-                    def rep_of(conds: np.ndarray, pos: np.ndarray) -> np.ndarray:
-                        return pool_feats[slot[conds], pos]
-
+                    rep = np.stack([by_key[c].pool_rep for c in slot])
                     ref_rep = ref_feats
-                else:
-                    def rep_of(conds: np.ndarray, pos: np.ndarray) -> np.ndarray:
-                        return raw[conds, pool[pos]]
-
+                else:  # the representation is the raw output; the clean pool rows come from the clean outputs
+                    rep = np.stack([raw0[pool] if c == ("clean", 0) else by_key[c].pool_rep for c in slot])
                     ref_rep = ref_raw
-                ref_size = n_ref_total if reference_size is None else min(reference_size, n_ref_total)
-                cells = _run_detection(
-                    rng=rng, ref_soft=ref_probs, ref_rep=ref_rep, soft=probs, rep_of=rep_of, pool=pool,
-                    y_pool=ya[pool], n_classes=n_classes, cond_index=cond_index, families=det_members,
-                    severities=sev, sizes=sizes, n_trials=n_trials, n_null_trials=n_null_trials,
-                    reference_size=ref_size, alpha=alpha,
-                    n_permutations=n_permutations, label_alpha=label_alpha, progress=progress)
+                del partials, by_key
+                ctx = {"seed": seed, "ref_soft": ref_probs, "ref_rep": ref_rep, "soft": soft, "rep": rep,
+                       "slot": slot, "families": det_members, "y_pool": ya[pool], "n_classes": n_classes,
+                       "sizes": sizes, "alpha": alpha, "reference_size": ref_size,
+                       "n_permutations": n_permutations, "label_alpha": label_alpha}
+                cells = _run_detection(ctx, det_members, sev, n_trials, n_null_trials, executor=executor,
+                                       progress=progress)
             seconds["detection"] = time.perf_counter() - t0
             det_settings = {
                 "alpha": alpha, "n_trials": n_trials, "n_null_trials": n_null_trials, "sizes": list(sizes),
                 "reference": "x_reference" if xr is not None else "random half of x",
-                "n_reference": n_ref_total,
-                "reference_size": (n_ref_total if reference_size is None else min(reference_size, n_ref_total)),
+                "n_reference": n_ref_total, "reference_size": ref_size,
                 "pool_size": len(pool), "families": {f: list(m) for f, m in det_members.items()},
                 "representation": {"bbsd": "softmax outputs", "mmd": rep_name, "classifier": rep_name},
                 "n_permutations": n_permutations, "label_shift": f"priors ~ Dirichlet({label_alpha:g}), "
                                                                 "resampled without replacement",
+                "seeds": "each trial seeded from (seed, condition, trial)",
             }
 
             # 3. OOD detection ------------------------------------------------------------------------------
@@ -797,17 +677,14 @@ def analyze_robustness(
             ood_samples = None
             if xo is not None:
                 id_rows = rest  # never used to fit anything
-                ood, ood_settings = _ood(tap, xo, raw[0, id_rows], clean_feats[id_rows] if use_feats else None,
+                ood, ood_settings = _ood(runner, xo, raw0[id_rows], clean_feats[id_rows] if use_feats else None,
                                          ref_feats if use_feats else None,
                                          yr if xr is not None else ya[ref_rows],
                                          ref_probs, kind, notes)
                 ood_samples = xo[np.unique(np.linspace(0, len(xo) - 1, 8).astype(np.int64))].copy()
             seconds["ood"] = time.perf_counter() - t0
     finally:
-        if handle is not None:
-            handle.remove()
-        if was_training is not None:
-            model.train(was_training)
+        executor.close()
 
     mce_ic = rmce_ic = math.nan
     common = [c for c in CORRUPTIONS if c in evaluation.ce]
@@ -834,47 +711,7 @@ def analyze_robustness(
     )
 
 
-def _collect(tap: _Tap, xa: np.ndarray, ya: np.ndarray, evaluation: RobustnessResult,
-             conditions: list[tuple[str, int]], seed: int, kind: str
-             ) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray | None, np.ndarray | None]:
-    """Per-condition raw outputs ``(n_cond, n, k)``, sample inputs, clean and pool features.
-
-    Uses what the tap recorded while ``evaluate`` ran, after checking that it reproduces evaluate's
-    accuracy and mean confidence for every condition; otherwise (evaluate changed how it calls the model)
-    the corruptions are recomputed with the same seed.
-    """
-    n = len(ya)
-    total = sum(len(o) for o in tap.outputs)
-    if total == n * len(conditions):
-        raw = np.concatenate(tap.outputs).reshape(len(conditions), n, -1)
-        probs = _to_probs(raw.reshape(-1, raw.shape[-1]), kind).reshape(raw.shape)
-        acc = (probs.argmax(axis=2) == ya[None, :]).mean(axis=1)
-        conf = probs.max(axis=2).mean(axis=1)
-        want_acc = np.array([r.accuracy for r in evaluation.rows])
-        want_conf = np.array([r.mean_confidence for r in evaluation.rows])
-        rows_match = [(r.shift, r.severity) for r in evaluation.rows] == [
-            ("clean" if i == 0 else c[0], c[1]) for i, c in enumerate(conditions)]
-        if (rows_match and len(tap.sample_inputs) == len(conditions) and np.allclose(acc, want_acc, atol=1e-12)
-                and np.allclose(conf, want_conf, atol=1e-9, rtol=0)):
-            return raw, tap.sample_inputs, tap.clean_features, tap.pool_features
-    return _recompute(tap, xa, conditions, seed)
-
-
-def _recompute(tap: _Tap, xa: np.ndarray, conditions: list[tuple[str, int]], seed: int
-               ) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray | None, np.ndarray | None]:
-    from failsight.robustness.shifts import corrupt
-
-    tap.start(len(xa), tap.feature_conditions, np.flatnonzero(tap.pool_pos >= 0))
-    for i, (name, s) in enumerate(conditions):  # loop over conditions, each one vectorised
-        xc = xa if i == 0 else np.asarray(corrupt(xa, name, s, seed=seed), dtype=np.float32)
-        for j in range(0, len(xc), tap.batch_size):
-            tap(xc[j:j + tap.batch_size])
-    tap.recording = False
-    raw = np.concatenate(tap.outputs).reshape(len(conditions), len(xa), -1)
-    return raw, tap.sample_inputs, tap.clean_features, tap.pool_features
-
-
-def _ood(tap: _Tap, xo: np.ndarray, raw_in: np.ndarray, feats_in: np.ndarray | None,
+def _ood(tap: Any, xo: np.ndarray, raw_in: np.ndarray, feats_in: np.ndarray | None,
          ref_feats: np.ndarray | None, ref_labels: np.ndarray | None, ref_probs: np.ndarray, kind: str,
          notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """OOD metrics of every applicable score: in-distribution = ``raw_in`` rows, OOD = ``xo``."""

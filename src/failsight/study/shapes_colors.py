@@ -681,14 +681,58 @@ def _comparisons(cfg: StudyConfig, seeds: Sequence[SeedData],
 # ============================================================================ runner
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+_SETS_CACHE: dict[str, Any] = {}
 
-    return Progress(
-        TextColumn("[bold]study[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=True, disable=not enabled,
-    )
+
+def _seed_sets(cfg: StudyConfig, seed: int) -> _SeedSets:
+    """The seed's data, drawn deterministically from ``(cfg, seed)``; the last one is kept per process, so a
+    worker drawing it for several variants of one seed draws it once."""
+    key = f"{cfg!r}|{seed}"
+    if _SETS_CACHE.get("key") != key:
+        _SETS_CACHE.clear()
+        _SETS_CACHE["sets"] = _draw_seed(cfg, seed)
+        _SETS_CACHE["key"] = key
+    return _SETS_CACHE["sets"]
+
+
+def _seed_task(ctx: dict[str, Any], key: tuple[Any, ...], params: dict[str, Any]) -> dict[str, Any]:
+    """Engine task ``(seed,)``: draw the seed's data and pretrain the shared frozen encoder (when needed)."""
+    from failsight.models.compositional import CompositionalNet, pretrain_encoder, torch_threads
+
+    cfg, (seed,) = ctx["cfg"], key
+    with torch_threads(cfg.num_threads):
+        sets = _seed_sets(cfg, seed)
+        info, state = sets.info, None
+        if ctx["need_frozen"]:  # one pretrained encoder per seed, shared by the frozen variants
+            ks, kc = len(sets.train.shape_names), len(sets.train.color_names)
+            enc = CompositionalNet(ks, kc, image_size=cfg.image_size, width=cfg.width, seed=seed,
+                                   frozen_embeddings=True)
+            pre = pretrain_encoder(enc, sets.train, epochs=cfg.pretrain_epochs, batch_size=cfg.batch_size,
+                                   lr=cfg.pretrain_lr, seed=seed)
+            state = enc.encoder_state()
+            info = dataclasses.replace(
+                sets.info, pretrain_loss=tuple(pre.loss),
+                blank_mse=float(np.mean(np.square(sets.train.images, dtype=np.float64))))
+    return {"info": info, "state": state}
+
+
+def _run_task(ctx: dict[str, Any], key: tuple[Any, ...], params: dict[str, Any]) -> RunResult:
+    """Engine task ``(seed, variant)``: train and evaluate one variant on the seed's data."""
+    from failsight.models.compositional import torch_threads
+
+    cfg, (seed, variant) = ctx["cfg"], key
+    with torch_threads(cfg.num_threads):
+        return _run_one(cfg, variant, _seed_sets(cfg, seed), ctx["states"][seed])
+
+
+def _register() -> None:
+    from failsight.engine import TaskKind, register_task_kind
+
+    register_task_kind(TaskKind("study.seed", run=_seed_task, mergeable=False))
+    register_task_kind(TaskKind("study.run", run=_run_task, mergeable=False, requires=("study.seed",)))
+
+
+_register()
 
 
 def _load() -> tuple[float, ...] | None:
@@ -708,6 +752,9 @@ def run_study(
     variants: Sequence[str] | None = None,
     progress: bool = True,
     callback: Callable[[RunResult], Any] | None = None,
+    workers: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
     **settings: Any,
 ) -> StudyResult:
     """Run the shapes × colours study: variants × seeds, per-epoch per-slice metrics, verdicts.
@@ -718,8 +765,11 @@ def run_study(
         :class:`StudyConfig` or a dict of its fields.
     seeds, epochs, n_train, image_size, variants : override the grid's values (``None`` keeps them);
         ``variants`` from :data:`VARIANTS` and must include ``"baseline"``.
-    progress : show a progress bar on stderr.
-    callback : called with each :class:`RunResult` as soon as the run finishes.
+    progress : show progress on stderr (a bar in a terminal, log lines otherwise).
+    callback : called with each :class:`RunResult` as soon as the run finishes (on the calling process).
+    workers, backend, ray_address : where the runs go (:mod:`failsight.engine`): each seed and each
+        (seed, variant) is a task; default every local core, ``backend="ray"`` a Ray cluster. Every run is
+        seeded from its seed and variant, so results do not depend on them.
     settings : any other :class:`StudyConfig` field (``alpha``, ``lr``, ``num_threads``, ...).
 
     Returns
@@ -728,8 +778,6 @@ def run_study(
     learning curves (shape vs colour and the other tasks per variant), and the verdicts of
     :func:`failsight.slices.compare` of each ablation against the baseline.
     """
-    from failsight.models.compositional import CompositionalNet, pretrain_encoder, torch_threads
-
     bad = sorted(set(settings) - set(_FIELDS))
     if bad:
         raise FailsightInputError(
@@ -742,36 +790,26 @@ def run_study(
     if callback is not None and not callable(callback):
         raise FailsightInputError("callback must be callable as callback(run_result).")
 
+    from failsight.engine import Plan, make_executor, run_sweep
+
     t0 = time.perf_counter()
     load0 = _load()
     need_frozen = any(VARIANTS[v]["frozen_embeddings"] for v in cfg.variants)
-    runs: list[RunResult] = []
-    seed_data: list[SeedData] = []
-    with torch_threads(cfg.num_threads), _progress(progress) as bar:
-        task = bar.add_task("study", total=cfg.n_runs, info="")
-        for seed in cfg.seeds:
-            bar.update(task, info=f"seed {seed}: drawing data")
-            sets = _draw_seed(cfg, seed)
-            seed_data.append(sets.info)
-            state = None
-            if need_frozen:  # one pretrained encoder per seed, shared by the frozen variants
-                bar.update(task, info=f"seed {seed}: pretraining the encoder (reconstruction)")
-                ks, kc = len(sets.train.shape_names), len(sets.train.color_names)
-                enc = CompositionalNet(ks, kc, image_size=cfg.image_size, width=cfg.width, seed=seed,
-                                       frozen_embeddings=True)
-                pre = pretrain_encoder(enc, sets.train, epochs=cfg.pretrain_epochs, batch_size=cfg.batch_size,
-                                       lr=cfg.pretrain_lr, seed=seed)
-                state = enc.encoder_state()
-                seed_data[-1] = dataclasses.replace(
-                    sets.info, pretrain_loss=tuple(pre.loss),
-                    blank_mse=float(np.mean(np.square(sets.train.images, dtype=np.float64))))
-            for v in cfg.variants:
-                bar.update(task, info=f"seed {seed}: {VARIANT_LABELS[v]}")
-                run = _run_one(cfg, v, sets, state)
-                runs.append(run)
-                if callback is not None:
-                    callback(run)
-                bar.update(task, advance=1)
+    # stage 1: one task per seed (data, shared encoder); stage 2: one task per (seed, variant), seed-major
+    executor = make_executor(workers, backend, ray_address=ray_address, n_tasks=cfg.n_runs)
+    try:
+        prep = run_sweep(Plan.build("study.seed", [(s,) for s in cfg.seeds]), {"cfg": cfg, "need_frozen": need_frozen},
+                         executor=executor, progress=progress, label="study data",
+                         describe=lambda sp: f"seed {sp.key[0]}")
+        seed_data = [p["info"] for p in prep]
+        states = {s: p["state"] for s, p in zip(cfg.seeds, prep, strict=True)}
+        keys = [(seed, v) for seed in cfg.seeds for v in cfg.variants]
+        runs = run_sweep(Plan.build("study.run", keys), {"cfg": cfg, "states": states}, executor=executor,
+                         progress=progress, label="study",
+                         describe=lambda sp: f"seed {sp.key[0]}: {VARIANT_LABELS[sp.key[1]]}",
+                         on_result=None if callback is None else (lambda _sp, run: callback(run)))
+    finally:
+        executor.close()
     table = _table(cfg, runs)
     curves = _curves(cfg, runs)
     comparisons = _comparisons(cfg, seed_data, runs)
