@@ -47,6 +47,46 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
+# ---------------------------------------------------------------------------------------- model options
+# --model / --weights / --model-args are the same for every command that opens a model (audit, robustness,
+# defuse); one place defines their help and turns them into a model.
+_MODEL_SPEC_HELP = ("a model file (TorchScript, torch.save(model), pickled/joblib sklearn estimator), or the class "
+                    "that defines the network - mypkg.nets:Net or path/to/net.py:Net - with --weights. Unpickling and "
+                    "importing run code: only load files you trust.")
+
+
+def _weights_option() -> Any:
+    return typer.Option(None, "--weights", "-w", show_default=False, metavar="CKPT.pt",
+                        help="Weights for --model: a state_dict, or a checkpoint holding one under 'state_dict', "
+                             "'model' or 'model_state_dict' (Lightning, DDP 'module.' prefixes are handled).")
+
+
+def _model_args_option() -> Any:
+    return typer.Option(None, "--model-args", show_default=False, metavar="JSON",
+                        help="""Constructor arguments of the --model class as JSON, e.g. '{"width": 64}'.""")
+
+
+def _open_model(spec: Path | str, weights: Path | None = None, model_args: str | None = None, *,
+                torch_module: bool = False) -> Any:
+    """The model named by the shared options: an adapter, or (``torch_module``) the ``nn.Module`` itself."""
+    from failsight._validate import FailsightInputError
+    from failsight.models.loading import load_model
+
+    adapter = load_model(str(spec), weights=weights, model_args=model_args,
+                         device="cpu" if torch_module else None)
+    if not torch_module:
+        return adapter
+    import torch
+
+    if not isinstance(adapter.model, torch.nn.Module):
+        raise FailsightInputError(
+            f"{spec} holds a {adapter.kind} model ({adapter.name}); this command needs a torch.nn.Module (a class "
+            "with --weights, torch.save(model, path) or torch.jit.script(model).save(path))."
+        )
+    adapter.model.eval()
+    return adapter.model
+
+
 def _load_predictions(path: Path, what: str) -> tuple[Any, Any, bool]:
     """Read ``labels`` and ``logits`` or ``probs`` from an ``.npz``; returns ``(labels, preds, is_logits)``."""
     import zipfile
@@ -208,9 +248,10 @@ def _int_list(text: str, what: str) -> list[int]:
 
 @app.command(short_help="Robustness report for a torch model on labelled images (.npz).")
 def robustness(
-    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL.pt",
-                               help="TorchScript file, or a module saved with torch.save(model, path) (its class "
-                                    "must be importable; only load files you trust)."),
+    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL",
+                               help="Torch model: " + _MODEL_SPEC_HELP),
+    weights: Path | None = _weights_option(),
+    model_args: str | None = _model_args_option(),
     data: Path = typer.Option(..., "--data", "-d", show_default=False, metavar="DATA.npz",
                               help="Labelled test images: .npz with 'x' (n,C,H,W), (n,H,W,C) or (n,H,W), floats in "
                                    "[0, 1] or uint8, and 'y' (labels)."),
@@ -240,7 +281,7 @@ def robustness(
     from failsight._validate import FailsightInputError
     from failsight.report.html import Report, check_writable, write_json
     from failsight.robustness.analysis import analyze_robustness
-    from failsight.robustness.io import load_labelled_images, load_model
+    from failsight.robustness.io import load_labelled_images
     from failsight.robustness.report import robustness_section
 
     report_path, results_path = out / "report.html", out / "results.json"
@@ -251,7 +292,7 @@ def robustness(
         test = load_labelled_images(data)
         ref = load_labelled_images(reference, require_labels=False) if reference is not None else None
         ood_set = load_labelled_images(ood, require_labels=False) if ood is not None else None
-        net = load_model(model)
+        net = _open_model(model, weights, model_args, torch_module=True)
         analysis = analyze_robustness(
             net, test.x, test.y, shifts=names, severities=sev,
             x_reference=None if ref is None else ref.x, y_reference=None if ref is None else ref.y,
@@ -277,9 +318,10 @@ def robustness(
 
 @app.command(short_help="Defuse: find misclassification regions beyond the test set, label them, fix them.")
 def defuse(
-    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL.pt",
-                               help="Torch classifier (logits out), saved with torch.save(model, path); only load "
-                                    "files you trust."),
+    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL",
+                               help="Torch classifier (logits out): " + _MODEL_SPEC_HELP),
+    weights: Path | None = _weights_option(),
+    model_args: str | None = _model_args_option(),
     train: Path = typer.Option(..., "--train", show_default=False, metavar="TRAIN.npz",
                                help="The classifier's training images ('x') and labels ('y'): trains the generator "
                                     "and is mixed into the fine-tuning."),
@@ -318,7 +360,7 @@ def defuse(
     from failsight.defuse import VAE, Defuse, FileLabeler, load_regions, save_regions
     from failsight.defuse.report import defuse_section
     from failsight.report.html import Report, check_writable, write_json
-    from failsight.robustness.io import load_labelled_images, load_model
+    from failsight.robustness.io import load_labelled_images
 
     report_path, results_path = out / "report.html", out / "results.json"
     gen_path = generator if generator is not None else out / "generator.pt"
@@ -329,10 +371,11 @@ def defuse(
         if labels is not None and not labels.is_file():
             raise FailsightInputError(f"labels file {labels} does not exist; run without --labels first to "
                                       "export one, fill in its 'label' column, then pass it.")
-        net = load_model(model)
-        if not isinstance(net, torch.nn.Module) or isinstance(net, torch.jit.ScriptModule):
-            raise FailsightInputError(f"{model} must hold a torch nn.Module saved with torch.save(model, path) "
-                                      "(Defuse fine-tunes it; TorchScript files cannot be trained here).")
+        net = _open_model(model, weights, model_args, torch_module=True)
+        if isinstance(net, torch.jit.ScriptModule):
+            raise FailsightInputError(f"{model} is TorchScript, which Defuse cannot fine-tune here; pass the class "
+                                      "and its weights (--model mypkg.nets:Net --weights ckpt.pt) or "
+                                      "torch.save(model, path).")
         tr = load_labelled_images(train)
         sd = load_labelled_images(seeds)
         te = load_labelled_images(test) if test is not None else None
@@ -471,9 +514,9 @@ def slices(
 @app.command(short_help="Audit your own model over every pillar: one report, results.json and a run record.")
 def audit(
     model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL",
-                               help="TorchScript file, torch.save(model) file, or an sklearn estimator pickled "
-                                    "(.pkl) or joblib-dumped (.joblib). Unpickling runs code: only load files you "
-                                    "trust."),
+                               help="The model: " + _MODEL_SPEC_HELP),
+    weights: Path | None = _weights_option(),
+    model_args: str | None = _model_args_option(),
     test: Path = typer.Option(..., "--test", "-t", show_default=False, metavar="TEST",
                               help="Labelled test data: .npz ('x', 'y', optional 'groups'), an IDX images file "
                                    "(labels file found beside it), or an image folder (one sub-folder per class)."),
@@ -538,7 +581,7 @@ def audit(
         size = _image_size(image_size)
         step_list = [s.strip() for s in steps.split(",") if s.strip()]
         sev = _int_list(severities, "--severities")
-        net = load_model(model)
+        net = _open_model(model, weights, model_args)
         base = load_model(baseline) if baseline is not None else None
 
         def read(p: Path | None, what: str, need_labels: bool = True) -> Any:
