@@ -413,9 +413,13 @@ def defuse(
     except FailsightInputError as exc:
         _fail(str(exc))
         return
-    typer.echo(f"{found.n_found} errors found; {len(regions)} region(s).")
-    for r in regions[:5]:
+    fold = getattr(regions, "fold", len(regions))
+    typer.echo(f"{found.n_found} errors found; {len(regions)} region(s), {fold} above the fold (label these first).")
+    for r in regions[:fold]:
         typer.echo(f"  {r.describe()}")
+    if len(regions) > fold:
+        typer.echo(f"  {len(regions) - fold} more below the fold (score under a tenth of the top region's, or beyond "
+                   "the first five); see the report.")
     if correction is None:
         typer.echo(f"Label the regions in {labeler.labels_path} (a class or 'discard' per row; grids beside it), "
                    "then rerun with --labels that file --force.")

@@ -23,7 +23,8 @@ __all__ = ["Defuse", "DefuseResult"]
 @dataclasses.dataclass(frozen=True)
 class DefuseResult(Result):
     """Everything one Defuse run produced, ready for a report: the search summary, the ranked regions,
-    the labels given (region id → class index or ``None`` = discarded) and the correction summary."""
+    the labels given (region id → class index or ``None`` = discarded) and the correction summary. ``fold``:
+    how many leading regions are worth a label first (``None``: all); ``below_fold``: region id → why not."""
 
     search: SearchResult
     regions: list[Region]
@@ -32,6 +33,8 @@ class DefuseResult(Result):
     labels: dict[int, int | None] | None = None
     correction: CorrectionResult | None = None
     notes: tuple[str, ...] = ()
+    fold: int | None = None
+    below_fold: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 class Defuse:
@@ -125,15 +128,18 @@ class Defuse:
 
     def find_regions(self, found: SearchResult, *, max_components: int = 20, min_size: int | None = None,
                      min_error_rate: float = 0.5, n_check: int = 200, n_examples: int = 32,
-                     group_by: str = "pair", covariance_type: str = "diag") -> RegionList:
+                     group_by: str = "pair", covariance_type: str = "diag", max_shown: int = 5,
+                     min_score_ratio: float = 0.1) -> RegionList:
         """Group the found errors into ranked misclassification regions; see
         :func:`~failsight.defuse.regions.find_regions`. Each region has ``id``, ``size``, ``error_rate``,
-        ``dominant_pair`` and ``sample(n)``."""
+        ``dominant_pair`` and ``sample(n)``; ``regions.fold`` of them are worth a label first
+        (``regions.fold_reasons()`` says why the rest are below the fold)."""
         gen = self._require_generator()
         names = self._names(found.images[:1] if isinstance(found, SearchResult) and found.n_found else None)
         return find_regions(found, gen, self.classifier, max_components=max_components, min_size=min_size,
                             min_error_rate=min_error_rate, n_check=n_check, n_examples=n_examples, seed=self.seed,
-                            class_names=names, group_by=group_by, covariance_type=covariance_type)
+                            class_names=names, group_by=group_by, covariance_type=covariance_type,
+                            max_shown=max_shown, min_score_ratio=min_score_ratio)
 
     def label(self, regions: Sequence[Region], labeler: Labeler | Any) -> dict[int, int | None]:
         """Ask ``labeler`` (``labeler(regions, class_names)``, e.g. a :class:`CallableLabeler`,
@@ -171,5 +177,6 @@ class Defuse:
         return DefuseResult(
             search=found, regions=list(regions), components=list(getattr(regions, "components", [])),
             class_names=names, labels=dict(labels) if labels is not None else None, correction=correction,
-            notes=tuple(notes),
+            notes=tuple(notes), fold=regions.fold if isinstance(regions, RegionList) else None,
+            below_fold=regions.fold_reasons() if isinstance(regions, RegionList) else {},
         )
