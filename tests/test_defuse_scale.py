@@ -66,3 +66,14 @@ def test_split_mnist_reads_the_real_files():
     assert s.x_train.dtype == np.float32 and 0 <= s.x_train.min() and s.x_train.max() <= 1
     assert not set(s.idx_train) & set(s.idx_cal) and s.idx_test.min() == 60000
     assert set(np.unique(s.y_train)) == set(range(10))
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="MNIST IDX files not in ../shared/data/mnist")
+def test_demo_runs_on_mnist_files(tmp_path):
+    from failsight.demo import run_demo
+
+    res = run_demo(tmp_path / "demo", mnist=MNIST, mnist_train=400, steps=["reliability"], epochs=1, n_boot=50,
+                   progress=False, record=False)
+    html = Path(res.report_path).read_text(encoding="utf-8")
+    assert "MNIST 28×28" in html and "train 400" in html
+    assert 0.0 <= res.test_accuracy <= 1.0

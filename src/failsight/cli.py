@@ -124,7 +124,13 @@ def demo(
     out: Path = typer.Option(Path("failsight-demo"), "--out", "-o", help="Output folder for report.html and results.json."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, the training and the bootstrap."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
-    epochs: int = typer.Option(30, "--epochs", help="Training epochs of the small CNN.", hidden=True),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs of the small CNN (default 30 on the "
+                                      "digits, 2 on MNIST).", hidden=True),
+    mnist: Path | None = typer.Option(None, "--mnist", show_default=False, metavar="DIR",
+                                      help="Run the demo on MNIST: a folder with the four IDX files you have "
+                                           "(train-images-idx3-ubyte[.gz], ...). Nothing is downloaded."),
+    mnist_train: int | None = typer.Option(None, "--mnist-train", show_default=False, metavar="N",
+                                           help="With --mnist: use N training images (default all 55k)."),
     steps: str = typer.Option("reliability,robustness,defuse,slices,study", "--steps",
                               help="Comma-separated pillars to run (reliability is always run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -146,7 +152,7 @@ def demo(
         if "reliability" not in step_list:
             step_list.insert(0, "reliability")
         res = run_demo(out, seed=seed, force=force, progress=not quiet and sys.stderr.isatty(), epochs=epochs,
-                       steps=step_list)
+                       steps=step_list, mnist=mnist, mnist_train=mnist_train)
     except FailsightInputError as exc:
         _fail(str(exc))
         return
