@@ -67,13 +67,13 @@ def _model_args_option() -> Any:
 
 
 def _open_model(spec: Path | str, weights: Path | None = None, model_args: str | None = None, *,
-                torch_module: bool = False) -> Any:
-    """The model named by the shared options: an adapter, or (``torch_module``) the ``nn.Module`` itself."""
+                torch_module: bool = False, device: str | None = None) -> Any:
+    """The model named by the shared options: an adapter, or (``torch_module``) the ``nn.Module`` itself, on
+    ``device`` (default CUDA when present, else CPU)."""
     from failsight._validate import FailsightInputError
     from failsight.models.loading import load_model
 
-    adapter = load_model(str(spec), weights=weights, model_args=model_args,
-                         device="cpu" if torch_module else None)
+    adapter = load_model(str(spec), weights=weights, model_args=model_args, device=device)
     if not torch_module:
         return adapter
     import torch
@@ -298,7 +298,7 @@ def robustness(
         test = load_labelled_images(data)
         ref = load_labelled_images(reference, require_labels=False) if reference is not None else None
         ood_set = load_labelled_images(ood, require_labels=False) if ood is not None else None
-        net = _open_model(model, weights, model_args, torch_module=True)
+        net = _open_model(model, weights, model_args, torch_module=True, device="cpu")
         analysis = analyze_robustness(
             net, test.x, test.y, shifts=names, severities=sev,
             x_reference=None if ref is None else ref.x, y_reference=None if ref is None else ref.y,
