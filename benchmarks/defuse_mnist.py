@@ -75,6 +75,13 @@ def parse_bugs(text: str) -> list[tuple]:
     return out
 
 
+def generator_budget(args):
+    """The default budget, or a smaller step cap for smoke runs on a loaded machine (``--vae-steps``)."""
+    from failsight._training import TrainingBudget
+
+    return TrainingBudget() if args.vae_steps is None else TrainingBudget(max_steps=args.vae_steps)
+
+
 def train_cnn(x, y, seed: int, epochs: int, width: int) -> SmallCNN:
     m = SmallCNN(in_channels=1, image_size=x.shape[-1], width=width, seed=seed)
     train_classifier(m, x, y, epochs=epochs, batch_size=128, seed=seed, progress=False)
@@ -112,7 +119,7 @@ def run_bug(split, bug: tuple, seed: int, oracle, args, sub_mask_all=None) -> di
     t_cnn = time.perf_counter() - t
 
     t0 = time.perf_counter()
-    d = Defuse(model, seed=seed, progress=False).fit_generator(x_tr)
+    d = Defuse(model, seed=seed, progress=False).fit_generator(x_tr, budget=generator_budget(args))
     t_gen = time.perf_counter() - t0
     found = d.search(x_cal, y_cal)
     t_search = time.perf_counter() - t0 - t_gen
@@ -145,7 +152,7 @@ def run_bug(split, bug: tuple, seed: int, oracle, args, sub_mask_all=None) -> di
 def run_clean(split, seed: int, oracle, args) -> dict:
     model = train_cnn(split.x_train, split.y_train, seed, args.cnn_epochs, args.cnn_width)
     t0 = time.perf_counter()
-    d = Defuse(model, seed=seed, progress=False).fit_generator(split.x_train)
+    d = Defuse(model, seed=seed, progress=False).fit_generator(split.x_train, budget=generator_budget(args))
     found = d.search(split.x_cal, split.y_cal)
     regions = d.find_regions(found)
     labels = d.label(regions, CallableLabeler(oracle.region_label))
@@ -184,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     ap.add_argument("--n-train", type=int, default=None, help="training images (default: all 55k)")
     ap.add_argument("--n-test", type=int, default=None, help="test images (default: all 10k)")
+    ap.add_argument("--n-cal", type=int, default=5000, help="calibration images = search seeds (default 5k)")
+    ap.add_argument("--vae-steps", type=int, default=None,
+                    help="cap the generator's steps below its default budget (smoke runs only; not the defaults)")
     ap.add_argument("--cnn-epochs", type=int, default=2)
     ap.add_argument("--cnn-width", type=int, default=16)
     ap.add_argument("--oracle-models", type=int, default=3)
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {g: [] for g, _ in groups}
     cleans = []
     for seed in seeds:
-        split = split_mnist(args.data, n_train=args.n_train, n_test=args.n_test, seed=seed)
+        split = split_mnist(args.data, n_train=args.n_train, n_cal=args.n_cal, n_test=args.n_test, seed=seed)
         t = time.perf_counter()
         oracle = planted.OracleEnsemble(split.x_train, split.y_train, n_models=args.oracle_models,
                                         epochs=args.cnn_epochs, width=args.cnn_width, seed=seed)

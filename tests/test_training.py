@@ -16,8 +16,8 @@ def test_plan_scales_with_data_size():
     small = b.plan(1200, 64)  # digits-sized: the epoch cap binds (150 epochs of 19 steps)
     assert small.max_steps == 150 * 19 and small.window == 50
     big = b.plan(55_000, 64)  # MNIST-sized: the step cap binds, not 150 epochs (129k steps)
-    assert big.max_steps == 6000 and big.window == 500
-    assert big.min_steps == math.ceil(0.8 * 6000)
+    assert big.max_steps == 3000 and big.window == 500
+    assert big.min_steps == math.ceil(0.8 * 3000)
     exact = TrainingBudget.epochs(7).plan(1000, 100)
     assert exact.max_steps == 70 and exact.patience is None
 

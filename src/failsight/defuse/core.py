@@ -92,8 +92,8 @@ class Defuse:
                       lr: float = 2e-3, device: str | None = None) -> Defuse:
         """Train a :class:`VAE` on the classifier's training images ``(n, c, s, s)`` in [0, 1] (1 or 3
         channels, 8 ≤ s ≤ 64) and use it as the generator. Training runs by ``budget`` (default
-        :class:`~failsight._training.TrainingBudget`: at most 150 epochs and 6,000 steps, earlier when the loss
-        stops improving: the 150 epochs the 8×8 digits defaults were tuned with, about 7 epochs on 55k MNIST
+        :class:`~failsight._training.TrainingBudget`: at most 150 epochs and 3,000 steps, earlier when the loss
+        stops improving: the 150 epochs the 8×8 digits defaults were tuned with, about 3.5 epochs on 55k MNIST
         images), or exactly ``epochs`` passes when given. ``device``: where it trains (default: the
         classifier's device; CUDA when present and the classifier is there). A lower ``beta`` keeps
         reconstructions sharp enough for the classifier to read. Returns ``self``."""
@@ -116,7 +116,7 @@ class Defuse:
         return torch.device("cpu")
 
     def search(self, x_seed: Any, y_seed: Any, *, n_samples: int = 32, radius: float = 1.0, spread: str = "class",
-               batch_size: int = 4096, reconstruction_check: bool = True) -> SearchResult:
+               batch_size: int = 4096, reconstruction_check: bool = True, max_seeds: int | None = 2000) -> SearchResult:
         """Find misclassified samples around the seeds the classifier gets right; see
         :func:`~failsight.defuse.search.search_errors`. ``x_seed`` ``(n, c, h, w)``, ``y_seed`` ``(n,)`` true
         labels (a labelled validation split is a good choice)."""
@@ -124,7 +124,7 @@ class Defuse:
         self._names(check_images(x_seed, "x_seed", check_range=False))
         return search_errors(self.classifier, gen, x_seed, y_seed, n_samples=n_samples, radius=radius,
                              spread=spread, batch_size=batch_size, seed=self.seed, progress=self.progress,
-                             reconstruction_check=reconstruction_check)
+                             reconstruction_check=reconstruction_check, max_seeds=max_seeds)
 
     def find_regions(self, found: SearchResult, *, max_components: int = 20, min_size: int | None = None,
                      min_error_rate: float = 0.5, n_check: int = 200, n_examples: int = 32,

@@ -259,7 +259,7 @@ def correct(
     n_holdout_per_region: int = 256,
     val_fraction: float = 0.2,
     epochs: int = 10,
-    max_steps: int | None = 400,
+    max_steps: int | None = 300,
     batch_size: int = 64,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
@@ -278,7 +278,7 @@ def correct(
     ``val_fraction`` of the training data, held out from fine-tuning); ``x_test``/``y_test`` (optional) are
     only evaluated. For every ``lam`` in ``lambdas`` a fresh copy is fine-tuned for ``epochs`` epochs but at most
     ``max_steps`` optimiser steps (the budget: on 1,797 digits 10 epochs are 150 steps, on 55k MNIST images the
-    400-step cap binds instead of 8,600 steps; ``None`` = no cap; AdamW, cosine schedule over those steps) with
+    300-step cap binds instead of 8,600 steps; ``None`` = no cap; AdamW, cosine schedule over those steps) with
     ``n_train_per_region`` samples per labelled region; the chosen ``lam`` maximises
     accuracy on ``n_val_per_region`` fresh samples per region among those whose loss of the validation images
     the original model got right is not significantly above ``tolerance`` (one-sided exact binomial test at

@@ -239,9 +239,9 @@ class VAE(nn.Module):
         schedule planned over the step budget.
 
         How long: ``epochs`` fixes the number of passes (the old behaviour); otherwise ``budget`` (a
-        :class:`~failsight._training.TrainingBudget`, default ``TrainingBudget()``: at most 150 epochs and 6,000
+        :class:`~failsight._training.TrainingBudget`, default ``TrainingBudget()``: at most 150 epochs and 3,000
         steps, stopping earlier when the loss stops improving) decides, so 1,797 digits get their 150 epochs
-        and 55k MNIST images about 7. The loss is the negative ELBO per image: summed binary cross-entropy
+        and 55k MNIST images about 3.5. The loss is the negative ELBO per image: summed binary cross-entropy
         plus ``beta`` times the KL divergence to N(0, I). Shuffling and the reparameterisation noise follow
         ``seed`` (the global torch RNG is restored afterwards). Returns a :class:`VAEHistory` (per-epoch
         losses, the last epoch possibly partial, and ``stop``: why training ended); the model is left in eval
