@@ -584,3 +584,15 @@ def test_regions_save_load_round_trip(toy, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"nope")
     with pytest.raises(FailsightInputError, match="not a regions file"):
         load_regions(tmp_path / "bad.npz", gen)
+
+
+def test_regions_fold_survives_save_and_load(toy, tmp_path):
+    from failsight.defuse import load_regions, save_regions
+
+    gen, model, _xs, _ys, found, regions = toy
+    assert 0 < regions.fold <= min(5, len(regions))
+    assert set(regions.fold_reasons()) == {r.id for r in regions[regions.fold:]}
+    back = load_regions(save_regions(regions, tmp_path / "r.npz"), gen)
+    assert back.fold == regions.fold and back.fold_reasons() == regions.fold_reasons()
+    res = Defuse(model, generator=gen, seed=0, progress=False).result(found, regions)
+    assert res.fold == regions.fold and res.to_dict()["fold"] == regions.fold

@@ -124,6 +124,46 @@ def _requires(given: bool, option: str, needs: str, needs_given: bool) -> None:
         raise FailsightInputError(f"{option} has no effect without {needs}; pass {needs} too, or drop {option}.")
 
 
+# ---------------------------------------------------------------------------------------- model options
+# --model / --weights / --model-args are the same for every command that opens a model (audit, robustness,
+# defuse); one place defines their help and turns them into a model.
+_MODEL_SPEC_HELP = ("a model file (TorchScript, torch.save(model), pickled/joblib sklearn estimator), or the class "
+                    "that defines the network - mypkg.nets:Net or path/to/net.py:Net - with --weights. Unpickling and "
+                    "importing run code: only load files you trust.")
+
+
+def _weights_option() -> Any:
+    return typer.Option(None, "--weights", show_default=False, metavar="CKPT.pt",
+                        help="Weights for --model: a state_dict, or a checkpoint holding one under 'state_dict', "
+                             "'model' or 'model_state_dict' (Lightning, DDP 'module.' prefixes are handled).")
+
+
+def _model_args_option() -> Any:
+    return typer.Option(None, "--model-args", show_default=False, metavar="JSON",
+                        help="""Constructor arguments of the --model class as JSON, e.g. '{"width": 64}'.""")
+
+
+def _open_model(spec: Path | str, weights: Path | None = None, model_args: str | None = None, *,
+                torch_module: bool = False, device: str | None = None) -> Any:
+    """The model named by the shared options: an adapter, or (``torch_module``) the ``nn.Module`` itself, on
+    ``device`` (default CUDA when present, else CPU)."""
+    from failsight._validate import FailsightInputError
+    from failsight.models.loading import load_model
+
+    adapter = load_model(str(spec), weights=weights, model_args=model_args, device=device)
+    if not torch_module:
+        return adapter
+    import torch
+
+    if not isinstance(adapter.model, torch.nn.Module):
+        raise FailsightInputError(
+            f"{spec} holds a {adapter.kind} model ({adapter.name}); this command needs a torch.nn.Module (a class "
+            "with --weights, torch.save(model, path) or torch.jit.script(model).save(path))."
+        )
+    adapter.model.eval()
+    return adapter.model
+
+
 def _load_predictions(path: Path, what: str) -> tuple[Any, Any, bool]:
     """Read ``labels`` and ``logits`` or ``probs`` from an ``.npz``; returns ``(labels, preds, is_logits)``."""
     import zipfile
@@ -162,7 +202,13 @@ def demo(
                              help="Output folder for report.html and results.json."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data split, the training and the bootstrap."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
-    epochs: int = typer.Option(30, "--epochs", help="Training epochs of the small CNN.", hidden=True),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs of the small CNN (default 30 on the "
+                                      "digits, 2 on MNIST).", hidden=True),
+    mnist: Path | None = typer.Option(None, "--mnist", show_default=False, metavar="DIR",
+                                      help="Run the demo on MNIST: a folder with the four IDX files you have "
+                                           "(train-images-idx3-ubyte[.gz], ...). Nothing is downloaded."),
+    mnist_train: int | None = typer.Option(None, "--mnist-train", show_default=False, metavar="N",
+                                           help="With --mnist: use N training images (default all 55k)."),
     steps: str = typer.Option("reliability,robustness,defuse,slices,study", "--steps",
                               help="Comma-separated pillars to run (reliability is always run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -185,7 +231,7 @@ def demo(
         if "reliability" not in step_list:
             step_list.insert(0, "reliability")
         res = run_demo(out, seed=seed, force=force, progress=not quiet and sys.stderr.isatty(), epochs=epochs,
-                       steps=step_list)
+                       steps=step_list, mnist=mnist, mnist_train=mnist_train)
     except (FailsightInputError, OSError) as exc:
         _fail(exc)
         return
@@ -288,9 +334,10 @@ def _int_list(text: str, what: str) -> list[int]:
 
 @app.command(short_help="Robustness report for a torch model on labelled images (.npz).")
 def robustness(
-    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL.pt",
-                               help="TorchScript file, or a module saved with torch.save(model, path) (its class "
-                                    "must be importable; only load files you trust)."),
+    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL",
+                               help="Torch model: " + _MODEL_SPEC_HELP),
+    weights: Path | None = _weights_option(),
+    model_args: str | None = _model_args_option(),
     data: Path = typer.Option(..., "--data", "-d", show_default=False, metavar="DATA.npz",
                               help="Labelled test images: .npz with 'x' (n,C,H,W), (n,H,W,C) or (n,H,W), floats in "
                                    "[0, 1] or uint8, and 'y' (labels)."),
@@ -306,7 +353,7 @@ def robustness(
     ood: Path | None = typer.Option(None, "--ood", show_default=False, metavar="OOD.npz",
                                     help="Out-of-distribution images (.npz with 'x') for the OOD-detection table."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions and the detection trials."),
-    workers: int | None = typer.Option(None, "--workers", "-w", show_default=False, min=1,
+    workers: int | None = typer.Option(None, "--workers", show_default=False, min=1,
                                        help="Parallel workers of the shift sweep (default: every core)."),
     backend: str = typer.Option("local", "--backend", help="Where the sweep runs: local or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", show_default=False, envvar="RAY_ADDRESS",
@@ -326,7 +373,7 @@ def robustness(
     from failsight._validate import FailsightInputError
     from failsight.report.html import Report, write_json
     from failsight.robustness.analysis import analyze_robustness
-    from failsight.robustness.io import load_labelled_images, load_model
+    from failsight.robustness.io import load_labelled_images
     from failsight.robustness.report import robustness_section
 
     report_path, results_path = out / "report.html", out / "results.json"
@@ -337,7 +384,7 @@ def robustness(
         test = load_labelled_images(data)
         ref = load_labelled_images(reference, require_labels=False) if reference is not None else None
         ood_set = load_labelled_images(ood, require_labels=False) if ood is not None else None
-        net = load_model(model)
+        net = _open_model(model, weights, model_args, torch_module=True, device="cpu")
         analysis = analyze_robustness(
             net, test.x, test.y, shifts=names, severities=sev,
             x_reference=None if ref is None else ref.x, y_reference=None if ref is None else ref.y,
@@ -364,9 +411,10 @@ def robustness(
 
 @app.command(short_help="Defuse: find misclassification regions beyond the test set, label them, fix them.")
 def defuse(
-    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL.pt",
-                               help="Torch classifier (logits out), saved with torch.save(model, path); only load "
-                                    "files you trust."),
+    model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL",
+                               help="Torch classifier (logits out): " + _MODEL_SPEC_HELP),
+    weights: Path | None = _weights_option(),
+    model_args: str | None = _model_args_option(),
     train: Path = typer.Option(..., "--train", show_default=False, metavar="TRAIN.npz",
                                help="The classifier's training images ('x') and labels ('y'): trains the generator "
                                     "and is mixed into the fine-tuning."),
@@ -406,7 +454,7 @@ def defuse(
     from failsight.defuse import VAE, Defuse, FileLabeler, load_regions, save_regions
     from failsight.defuse.report import defuse_section
     from failsight.report.html import Report, write_json
-    from failsight.robustness.io import load_labelled_images, load_model
+    from failsight.robustness.io import load_labelled_images
 
     report_path, results_path = out / "report.html", out / "results.json"
     gen_path = generator if generator is not None else out / "generator.pt"
@@ -420,10 +468,11 @@ def defuse(
         if labels is not None and not labels.is_file():
             raise FailsightInputError(f"labels file {labels} does not exist; run without --labels first to "
                                       "export one, fill in its 'label' column, then pass it.")
-        net = load_model(model)
-        if not isinstance(net, torch.nn.Module) or isinstance(net, torch.jit.ScriptModule):
-            raise FailsightInputError(f"{model} must hold a torch nn.Module saved with torch.save(model, path) "
-                                      "(Defuse fine-tunes it; TorchScript files cannot be trained here).")
+        net = _open_model(model, weights, model_args, torch_module=True)
+        if isinstance(net, torch.jit.ScriptModule):
+            raise FailsightInputError(f"{model} is TorchScript, which Defuse cannot fine-tune here; pass the class "
+                                      "and its weights (--model mypkg.nets:Net --weights ckpt.pt) or "
+                                      "torch.save(model, path).")
         tr = load_labelled_images(train)
         sd = load_labelled_images(seeds)
         te = load_labelled_images(test) if test is not None else None
@@ -462,9 +511,13 @@ def defuse(
     except (FailsightInputError, OSError) as exc:
         _fail(exc)
         return
-    typer.echo(f"{found.n_found} errors found; {len(regions)} region(s).")
-    for r in regions[:5]:
+    fold = getattr(regions, "fold", len(regions))
+    typer.echo(f"{found.n_found} errors found; {len(regions)} region(s), {fold} above the fold (label these first).")
+    for r in regions[:fold]:
         typer.echo(f"  {r.describe()}")
+    if len(regions) > fold:
+        typer.echo(f"  {len(regions) - fold} more below the fold (score under a tenth of the top region's, or beyond "
+                   "the first five); see the report.")
     if correction is None:
         typer.echo(f"Label the regions in {labeler.labels_path} (a class or 'discard' per row; grids beside it), "
                    "then rerun with --labels that file --force.")
@@ -542,9 +595,9 @@ def slices(
 @app.command(short_help="Audit your own model over every pillar: one report, results.json and a run record.")
 def audit(
     model: Path = typer.Option(..., "--model", "-m", show_default=False, metavar="MODEL",
-                               help="TorchScript file, torch.save(model) file, or an sklearn estimator pickled "
-                                    "(.pkl) or joblib-dumped (.joblib). Unpickling runs code: only load files you "
-                                    "trust."),
+                               help="The model: " + _MODEL_SPEC_HELP),
+    weights: Path | None = _weights_option(),
+    model_args: str | None = _model_args_option(),
     test: Path = typer.Option(..., "--test", "-t", show_default=False, metavar="TEST",
                               help="Labelled test data: .npz ('x', 'y', optional 'groups'), an IDX images file "
                                    "(labels file found beside it), or an image folder (one sub-folder per class)."),
@@ -583,7 +636,7 @@ def audit(
     db_force: bool = typer.Option(False, "--db-force", help="Record in a database that already holds other "
                                                               "applications' tables (refused by default)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
-    workers: int | None = typer.Option(None, "--workers", "-w", show_default=False, min=1,
+    workers: int | None = typer.Option(None, "--workers", show_default=False, min=1,
                                        help="Parallel workers of the shift sweep (default: every core)."),
     backend: str = typer.Option("local", "--backend", help="Where the sweep runs: local or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", show_default=False, envvar="RAY_ADDRESS",
@@ -605,7 +658,6 @@ def audit(
     from failsight.auditing import audit as run_audit
     from failsight.auditing.core import REPORT_NAME, RESULTS_NAME
     from failsight.datasets.io import load_data
-    from failsight.models.adapters import load_model
     from failsight.slices import load_groups
 
     progress = not quiet  # a bar in a terminal, plain log lines on stderr otherwise
@@ -623,8 +675,8 @@ def audit(
         size = _image_size(image_size)
         step_list = [s.strip() for s in steps.split(",") if s.strip()]
         sev = _int_list(severities, "--severities")
-        net = load_model(model)
-        base = load_model(baseline) if baseline is not None else None
+        net = _open_model(model, weights, model_args)
+        base = _open_model(baseline) if baseline is not None else None
 
         def read(p: Path | None, what: str, need_labels: bool = True) -> Any:
             return None if p is None else load_data(p, what=what, require_labels=need_labels, image_size=size)

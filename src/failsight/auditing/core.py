@@ -585,7 +585,7 @@ def _run_defuse(adapter: Any, test_d: Any, cal_d: Any, train_d: Any, names: Any,
 
     search_keys = ("n_samples", "radius", "spread", "batch_size")
     region_keys = ("max_components", "min_size", "min_error_rate", "n_check", "n_examples")
-    gen_keys = ("latent_dim", "width", "beta", "epochs", "lr")
+    gen_keys = ("latent_dim", "width", "beta", "epochs", "budget", "lr")
     unknown = set(options) - set(search_keys) - set(region_keys) - {f"generator_{k}" for k in gen_keys} \
         - {"correct"}
     if unknown:

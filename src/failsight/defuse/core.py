@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from failsight._training import TrainingBudget
 from failsight._validate import FailsightInputError, check_int
 from failsight.defuse.correct import CorrectionResult, correct
 from failsight.defuse.labelers import Labeler, resolve_labels
@@ -22,7 +23,8 @@ __all__ = ["Defuse", "DefuseResult"]
 @dataclasses.dataclass(frozen=True)
 class DefuseResult(Result):
     """Everything one Defuse run produced, ready for a report: the search summary, the ranked regions,
-    the labels given (region id → class index or ``None`` = discarded) and the correction summary."""
+    the labels given (region id → class index or ``None`` = discarded) and the correction summary. ``fold``:
+    how many leading regions are worth a label first (``None``: all); ``below_fold``: region id → why not."""
 
     search: SearchResult
     regions: list[Region]
@@ -31,6 +33,8 @@ class DefuseResult(Result):
     labels: dict[int, int | None] | None = None
     correction: CorrectionResult | None = None
     notes: tuple[str, ...] = ()
+    fold: int | None = None
+    below_fold: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 class Defuse:
@@ -84,22 +88,35 @@ class Defuse:
 
     # ------------------------------------------------------------------------------------ the steps
     def fit_generator(self, x_train: Any, *, latent_dim: int = 16, width: int = 16, beta: float = 0.1,
-                      epochs: int = 150, batch_size: int = 64, lr: float = 2e-3) -> Defuse:
+                      epochs: int | None = None, budget: TrainingBudget | None = None, batch_size: int = 64,
+                      lr: float = 2e-3, device: str | None = None) -> Defuse:
         """Train a :class:`VAE` on the classifier's training images ``(n, c, s, s)`` in [0, 1] (1 or 3
-        channels, 8 ≤ s ≤ 64) and use it as the generator. Defaults were tuned on the 8×8 digits (a lower
-        ``beta`` keeps reconstructions sharp enough for the classifier to read). Returns ``self``."""
+        channels, 8 ≤ s ≤ 64) and use it as the generator. Training runs by ``budget`` (default
+        :class:`~failsight._training.TrainingBudget`: at most 150 epochs and 3,000 steps, earlier when the loss
+        stops improving: the 150 epochs the 8×8 digits defaults were tuned with, about 3.5 epochs on 55k MNIST
+        images), or exactly ``epochs`` passes when given. ``device``: where it trains (default: the
+        classifier's device; CUDA when present and the classifier is there). A lower ``beta`` keeps
+        reconstructions sharp enough for the classifier to read. Returns ``self``."""
         x = check_images(x_train, "x_train")
         if x.shape[2] != x.shape[3]:
             raise FailsightInputError(f"the VAE needs square images, got {x.shape[2]}×{x.shape[3]}; crop or pad them.")
         vae = VAE(in_channels=x.shape[1], image_size=x.shape[2], latent_dim=latent_dim, width=width, beta=beta,
                   seed=self.seed)
-        self.generator_history_ = vae.fit(x, epochs=epochs, batch_size=batch_size, lr=lr, seed=self.seed,
-                                          progress=self.progress)
+        vae.to(device if device is not None else self._device())
+        self.generator_history_ = vae.fit(x, epochs=epochs, budget=budget, batch_size=batch_size, lr=lr,
+                                          seed=self.seed, progress=self.progress)
         self.generator = vae
         return self
 
+    def _device(self) -> Any:
+        import torch
+
+        for t in (*self.classifier.parameters(), *self.classifier.buffers()):
+            return t.device
+        return torch.device("cpu")
+
     def search(self, x_seed: Any, y_seed: Any, *, n_samples: int = 32, radius: float = 1.0, spread: str = "class",
-               batch_size: int = 4096, reconstruction_check: bool = True) -> SearchResult:
+               batch_size: int = 4096, reconstruction_check: bool = True, max_seeds: int | None = 2000) -> SearchResult:
         """Find misclassified samples around the seeds the classifier gets right; see
         :func:`~failsight.defuse.search.search_errors`. ``x_seed`` ``(n, c, h, w)``, ``y_seed`` ``(n,)`` true
         labels (a labelled validation split is a good choice)."""
@@ -107,19 +124,22 @@ class Defuse:
         self._names(check_images(x_seed, "x_seed", check_range=False))
         return search_errors(self.classifier, gen, x_seed, y_seed, n_samples=n_samples, radius=radius,
                              spread=spread, batch_size=batch_size, seed=self.seed, progress=self.progress,
-                             reconstruction_check=reconstruction_check)
+                             reconstruction_check=reconstruction_check, max_seeds=max_seeds)
 
     def find_regions(self, found: SearchResult, *, max_components: int = 20, min_size: int | None = None,
                      min_error_rate: float = 0.5, n_check: int = 200, n_examples: int = 32,
-                     group_by: str = "pair", covariance_type: str = "diag") -> RegionList:
+                     group_by: str = "pair", covariance_type: str = "diag", max_shown: int = 5,
+                     min_score_ratio: float = 0.1) -> RegionList:
         """Group the found errors into ranked misclassification regions; see
         :func:`~failsight.defuse.regions.find_regions`. Each region has ``id``, ``size``, ``error_rate``,
-        ``dominant_pair`` and ``sample(n)``."""
+        ``dominant_pair`` and ``sample(n)``; ``regions.fold`` of them are worth a label first
+        (``regions.fold_reasons()`` says why the rest are below the fold)."""
         gen = self._require_generator()
         names = self._names(found.images[:1] if isinstance(found, SearchResult) and found.n_found else None)
         return find_regions(found, gen, self.classifier, max_components=max_components, min_size=min_size,
                             min_error_rate=min_error_rate, n_check=n_check, n_examples=n_examples, seed=self.seed,
-                            class_names=names, group_by=group_by, covariance_type=covariance_type)
+                            class_names=names, group_by=group_by, covariance_type=covariance_type,
+                            max_shown=max_shown, min_score_ratio=min_score_ratio)
 
     def label(self, regions: Sequence[Region], labeler: Labeler | Any) -> dict[int, int | None]:
         """Ask ``labeler`` (``labeler(regions, class_names)``, e.g. a :class:`CallableLabeler`,
@@ -157,5 +177,6 @@ class Defuse:
         return DefuseResult(
             search=found, regions=list(regions), components=list(getattr(regions, "components", [])),
             class_names=names, labels=dict(labels) if labels is not None else None, correction=correction,
-            notes=tuple(notes),
+            notes=tuple(notes), fold=regions.fold if isinstance(regions, RegionList) else None,
+            below_fold=regions.fold_reasons() if isinstance(regions, RegionList) else {},
         )

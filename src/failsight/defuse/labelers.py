@@ -111,13 +111,16 @@ def resolve_labels(labels: Mapping[Any, Any], regions: Sequence[Region],
 
 
 # ------------------------------------------------------------------------------------------------ grids
-def grid_png_bytes(region: Region, ncols: int = 8, scale: int = 4) -> bytes:
-    """The region's example grid as PNG bytes (nearest-neighbour upscaled ``scale`` times; grey images are
-    drawn dark-on-light)."""
+def grid_png_bytes(region: Region, ncols: int = 8, scale: int | None = None) -> bytes:
+    """The region's example grid as PNG bytes (nearest-neighbour upscaled ``scale`` times, default 4 for images
+    up to 16 pixels and 2 above, so 8×8 digits and 28×28 MNIST both show at a legible 32-56 pixels; grey
+    images are drawn dark-on-light)."""
     import io
 
     from matplotlib.image import imsave  # no pyplot: leaves the user's backend alone
 
+    if scale is None:
+        scale = 4 if region.examples.shape[-1] <= 16 else 2
     img = np.clip(region.grid(ncols=ncols), 0.0, 1.0)
     img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
     buf = io.BytesIO()
@@ -128,7 +131,7 @@ def grid_png_bytes(region: Region, ncols: int = 8, scale: int = 4) -> bytes:
     return buf.getvalue()
 
 
-def write_grid_png(region: Region, path: str | os.PathLike, ncols: int = 8, scale: int = 4) -> Path:
+def write_grid_png(region: Region, path: str | os.PathLike, ncols: int = 8, scale: int | None = None) -> Path:
     """Write the region's example grid as a PNG (see :func:`grid_png_bytes`); returns the path."""
     from failsight._io import atomic_write
 

@@ -19,7 +19,10 @@ import numpy as np
 from failsight._validate import FailsightInputError, check_int, check_labels
 from failsight.types import Result
 
-__all__ = ["OracleEnsemble", "PlantedBugRun", "run_planted_bug", "substyle_mask"]
+__all__ = ["MARKS", "OracleEnsemble", "PlantedBugRun", "add_mark", "plant_cue", "run_planted_bug", "substyle_mask"]
+
+#: Visual marks a spurious-cue bug can plant (see :func:`add_mark`).
+MARKS: tuple[str, ...] = ("patch", "stroke", "border", "dot")
 
 
 def substyle_mask(x: Any, y: Any, true: int, wrong: int, *, k: int = 4, share: tuple[float, float] = (0.15, 0.30),
@@ -51,6 +54,50 @@ def substyle_mask(x: Any, y: Any, true: int, wrong: int, *, k: int = 4, share: t
     return mask, float(frac[j])
 
 
+def add_mark(x: Any, kind: str = "patch") -> np.ndarray:
+    """Images ``(n, c, s, s)`` in [0, 1] with a small visual mark burnt in (a copy): ``"patch"`` a bright
+    square in the top-left corner (s/7 wide), ``"stroke"`` a short bright horizontal bar at the bottom right,
+    ``"border"`` a one-pixel bright frame, ``"dot"`` a 2×2 bright dot at the top right. Marks sit where
+    centred digits leave the background empty, so the digit stays legible (an oracle trained without marks
+    still reads it)."""
+    if kind not in MARKS:
+        raise FailsightInputError(f"unknown mark {kind!r}; choose one of {', '.join(MARKS)}.")
+    out = np.array(x, dtype=np.float32, copy=True)
+    s = out.shape[-1]
+    k = max(2, round(s / 7))
+    if kind == "patch":
+        out[..., 1:1 + k, 1:1 + k] = 1.0
+    elif kind == "stroke":
+        out[..., s - 1 - max(1, k // 2):s - 1, s - 2 - 2 * k:s - 2] = 1.0
+    elif kind == "border":
+        out[..., 0, :] = out[..., -1, :] = 1.0
+        out[..., :, 0] = out[..., :, -1] = 1.0
+    else:
+        out[..., 1:3, s - 3:s - 1] = 1.0
+    return out
+
+
+def plant_cue(x: Any, y: Any, true: int, wrong: int, *, share: float = 0.2, mark: str = "patch",
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plant a spurious-cue bug in a training split: a random ``share`` of class ``true``'s images get
+    ``mark`` (:func:`add_mark`) and the label ``wrong``. Returns ``(x_planted, y_planted, mask)`` (``mask``
+    ``(n,)`` marks the changed images); the failure to look for is "``true`` images carrying the mark"."""
+    y = check_labels(y, name="y")
+    x = np.asarray(x, dtype=np.float32)
+    idx = np.flatnonzero(y == true)
+    if len(idx) == 0 or not (0 < share < 1):
+        raise FailsightInputError(f"class {true} needs images and share must lie in (0, 1), got {share!r}.")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(idx, size=max(1, round(share * len(idx))), replace=False)
+    mask = np.zeros(len(y), dtype=bool)
+    mask[pick] = True
+    xp = x.copy()
+    xp[mask] = add_mark(x[mask], mark)
+    yp = y.copy()
+    yp[mask] = wrong
+    return xp, yp, mask
+
+
 class OracleEnsemble:
     """Ensemble of :class:`~failsight.models.SmallCNN` trained on correct labels, used as a labeller.
 
@@ -71,7 +118,7 @@ class OracleEnsemble:
 
     def __init__(self, x: Any, y: Any, *, n_models: int = 3, epochs: int = 30, seed: int = 0,
                  min_share: float = 0.5, n_votes: int = 100, min_confidence: float = 0.8,
-                 min_confident: float = 0.25, alpha: float = 0.05) -> None:
+                 min_confident: float = 0.25, alpha: float = 0.05, width: int = 32) -> None:
         from failsight.models.cnn import SmallCNN, train_classifier
 
         x = np.asarray(x, dtype=np.float32)
@@ -81,7 +128,7 @@ class OracleEnsemble:
         self.models = []
         for i in range(check_int(n_models, "n_models")):
             m = SmallCNN(in_channels=x.shape[1], n_classes=self.n_classes, image_size=x.shape[-1],
-                         seed=1000 + 10 * seed + i)
+                         width=width, seed=1000 + 10 * seed + i)
             train_classifier(m, x, y, epochs=epochs, seed=1000 + 10 * seed + i, progress=False, num_threads=1)
             self.models.append(m)
 
@@ -157,12 +204,15 @@ class PlantedBugRun(Result):
 
 
 def run_planted_bug(data: Any, *, true: int = 1, wrong: int = 8, seed: int = 0, progress: bool = False,
-                    cnn_epochs: int = 30, oracle_models: int = 3, vae_epochs: int = 150,
+                    cnn_epochs: int = 30, oracle_models: int = 3, vae_epochs: int | None = 150,
+                    cnn_width: int = 32, share: tuple[float, float] = (0.15, 0.30),
                     search_kwargs: dict[str, Any] | None = None,
                     correct_kwargs: dict[str, Any] | None = None) -> PlantedBugRun:
-    """Plant a bug in a digits split (``failsight.datasets.digits.DigitsSplits``), train the buggy CNN,
-    run Defuse with the oracle labeller and correct it. Returns a :class:`PlantedBugRun` whose ``result``
-    is the :class:`~failsight.defuse.DefuseResult` for the report."""
+    """Plant a bug in a split (``failsight.datasets.digits.DigitsSplits``: the digits, or MNIST from
+    :func:`failsight.datasets.mnist.split_mnist`), train the buggy CNN (``SmallCNN`` sized to the images,
+    ``cnn_width`` channels), run Defuse with the oracle labeller and correct it. ``vae_epochs=None`` trains the
+    generator by its budget (what large data sets need). Returns a :class:`PlantedBugRun` whose ``result`` is
+    the :class:`~failsight.defuse.DefuseResult` for the report."""
     from failsight.defuse.core import Defuse
     from failsight.defuse.labelers import CallableLabeler
     from failsight.models.cnn import SmallCNN, predict_logits, train_classifier
@@ -170,15 +220,17 @@ def run_planted_bug(data: Any, *, true: int = 1, wrong: int = 8, seed: int = 0, 
     t0 = time.perf_counter()
     x_all = np.concatenate([data.x_train, data.x_cal, data.x_test])
     y_all = np.concatenate([data.y_train, data.y_cal, data.y_test])
-    mask, share = substyle_mask(x_all, y_all, true, wrong, seed=0)
+    mask, share_of_class = substyle_mask(x_all, y_all, true, wrong, share=share, seed=0)
     n_tr, n_cal = len(data.y_train), len(data.y_cal)
     sub_tr, sub_te = mask[:n_tr], mask[n_tr + n_cal:]
     y_planted = data.y_train.copy()
     y_planted[sub_tr] = wrong
 
-    model = SmallCNN(seed=seed)
+    c, s = data.x_train.shape[1], data.x_train.shape[-1]
+    model = SmallCNN(in_channels=c, image_size=s, width=cnn_width, seed=seed)
     train_classifier(model, data.x_train, y_planted, epochs=cnn_epochs, seed=seed, progress=progress, num_threads=1)
-    oracle = OracleEnsemble(data.x_train, data.y_train, n_models=oracle_models, epochs=cnn_epochs, seed=seed)
+    oracle = OracleEnsemble(data.x_train, data.y_train, n_models=oracle_models, epochs=cnn_epochs, seed=seed,
+                            width=cnn_width)
 
     d = Defuse(model, seed=seed, progress=progress).fit_generator(data.x_train, epochs=vae_epochs)
     found = d.search(data.x_cal, data.y_cal, **(search_kwargs or {}))
@@ -198,7 +250,7 @@ def run_planted_bug(data: Any, *, true: int = 1, wrong: int = 8, seed: int = 0, 
     part = np.where(sub_te, "planted sub-style", "rest of test")
     check = compare(data.y_test, pred_b, pred_a, {"class": data.y_test, "part": part}, seed=seed)
     return PlantedBugRun(
-        true=true, wrong=wrong, share_of_class=share, n_sub_train=int(sub_tr.sum()), n_sub_test=int(sub_te.sum()),
+        true=true, wrong=wrong, share_of_class=share_of_class, n_sub_train=int(sub_tr.sum()), n_sub_test=int(sub_te.sum()),
         planted_rank=rank, region_purity=purity,
         sub_before=float(ok_b[sub_te].mean()), sub_after=float(ok_a[sub_te].mean()),
         rest_before=float(ok_b[~sub_te].mean()), rest_after=float(ok_a[~sub_te].mean()),

@@ -50,7 +50,7 @@ from failsight.defuse.search import SearchResult, check_classifier, classify
 from failsight.defuse.vae import check_generator, check_images
 from failsight.types import Result, to_jsonable
 
-__all__ = ["Region", "RegionList", "find_regions", "load_regions", "make_grid", "save_regions"]
+__all__ = ["Region", "RegionList", "find_regions", "fold_regions", "load_regions", "make_grid", "save_regions"]
 
 _SCALARS = ("id", "size", "error_rate", "dominant_pair", "purity", "pair_rate", "confidence", "directionality",
             "score", "weight", "n_checked", "pair_counts", "seed", "class_names")
@@ -172,6 +172,20 @@ class RegionList(list):
         self.components = components
         self.params = params
 
+    @property
+    def fold(self) -> int:
+        """How many leading regions are "above the fold": worth a person's label (see :func:`fold_regions`)."""
+        return int(self.params.get("fold", len(self)))
+
+    @property
+    def above_fold(self) -> list[Region]:
+        """The regions to label first (the top :attr:`fold` of the ranking)."""
+        return list(self[: self.fold])
+
+    def fold_reasons(self) -> dict[int, str]:
+        """Region id → why it is below the fold (regions above it are absent)."""
+        return {int(k): v for k, v in self.params.get("below_fold", {}).items()}
+
     def by_id(self, region_id: int) -> Region:
         """The region with this ``id``."""
         for r in self:
@@ -257,6 +271,8 @@ def find_regions(
     covariance_type: str = "diag",
     seed: int = 0,
     class_names: tuple[str, ...] | list[str] | None = None,
+    max_shown: int = 5,
+    min_score_ratio: float = 0.1,
 ) -> RegionList:
     """Group found errors into ranked misclassification regions (see the module docstring).
 
@@ -267,7 +283,9 @@ def find_regions(
     least ``min_size`` errors is checked by drawing ``n_check`` latents from it, decoding and classifying them;
     it is kept when at least ``min_error_rate`` of them are not predicted as its seed class. Regions are
     ranked by ``score`` and numbered ``0, 1, ...`` in that order; ``RegionList.components`` records every
-    component with the reason it was kept or rejected.
+    component with the reason it was kept or rejected. ``RegionList.fold`` says how many leading regions are worth
+    a label (at most ``max_shown``, score at least ``min_score_ratio`` of the top one; :func:`fold_regions`) and
+    ``RegionList.fold_reasons()`` why each other region is below the fold.
     """
     if not isinstance(found, SearchResult):
         raise FailsightInputError(
@@ -372,9 +390,38 @@ def find_regions(
             examples=ex, example_predictions=ex_pred, seed=seed, class_names=names, generator=generator,
         ))
     candidates.sort(key=lambda c: -c["size"])
+    fold, below = fold_regions([r.score for r in regions], max_shown=max_shown, min_score_ratio=min_score_ratio)
     params = {"max_components": max_components, "min_size": min_size, "min_error_rate": min_error_rate,
-              "n_check": n_check, "n_found": m, "n_components_used": n_used, "group_by": group_by, "seed": seed}
+              "n_check": n_check, "n_found": m, "n_components_used": n_used, "group_by": group_by, "seed": seed,
+              "max_shown": max_shown, "min_score_ratio": min_score_ratio, "fold": fold,
+              "below_fold": {str(regions[i].id): why for i, why in below.items()}}
     return RegionList(regions, candidates, params)
+
+
+def fold_regions(scores: Sequence[float], *, max_shown: int = 5, min_score_ratio: float = 0.1) -> tuple[int, dict]:
+    """Where the fold falls in a ranked list of region ``scores`` (best first): the leading regions whose score is
+    at least ``min_score_ratio`` times the top score, at most ``max_shown`` of them. Returns ``(fold, {index:
+    reason})`` for the regions below it.
+
+    Why: a person labels the top of the list; ``score`` counts the found errors of a region's failure weighted
+    by how reliably and how one-sidedly it fails, so a region with a tenth of the top score holds a tenth of
+    the evidence - usually a crumb of a boundary two classes share rather than a bug, and not worth a label
+    before the top ones are fixed. Five is what one sitting of labelling takes; the rest stay listed with their
+    reason, not dropped."""
+    max_shown = check_int(max_shown, "max_shown", minimum=0)
+    if not scores:
+        return 0, {}
+    top = float(scores[0])
+    fold = 0
+    below: dict[int, str] = {}
+    for i, sc in enumerate(scores):
+        if top > 0 and sc < min_score_ratio * top:
+            below[i] = f"score {sc:.1f} is {sc / top:.0%} of the top region's (< {min_score_ratio:.0%})"
+        elif fold >= max_shown:
+            below[i] = f"beyond the first {max_shown} regions (rank {i + 1})"
+        elif not below:
+            fold += 1
+    return fold, below
 
 
 def save_regions(regions: Sequence[Region], path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -31,7 +31,9 @@ def defuse_section(result: DefuseResult, *, max_regions: int = 8, title: str = "
     found = result.search
     sec = Section(title, section_id, intro=_INTRO)
     sec.key("errors found", f"{found.n_found:,}", f"of {found.n_tried:,} samples from {found.n_seeds_used} seeds")
-    sec.key("regions", str(len(result.regions)), "passed the size and error-rate filters")
+    fold = len(result.regions) if result.fold is None else result.fold
+    sec.key("regions", f"{fold} of {len(result.regions)}" if fold < len(result.regions) else str(len(result.regions)),
+            "worth a label first (above the fold), of those that passed the size and error-rate filters")
     corr = result.correction
     if corr is not None:
         sec.key("region accuracy", f"{_pct(corr.region_accuracy_before)} → {_pct(corr.region_accuracy_after)}",
@@ -60,7 +62,7 @@ def defuse_section(result: DefuseResult, *, max_regions: int = 8, title: str = "
         return "discard" if lab is None else names[lab]
 
     shown = result.regions[:max_regions]
-    rows = [[r.id, pair(r.dominant_pair), r.size, _pct(r.error_rate), _pct(r.purity), _pct(r.directionality),
+    rows = [[f"{r.id}" + ("" if r.id not in result.below_fold else " (below fold)"), pair(r.dominant_pair), r.size, _pct(r.error_rate), _pct(r.purity), _pct(r.directionality),
              fmt_num(r.score, 3), label_of(r.id)] for r in shown]
     sec.heading("Misclassification regions")
     sec.table(["region", "seed → predicted", "errors", "error rate", "purity", "one-sided", "score", "label"], rows,
@@ -74,6 +76,12 @@ def defuse_section(result: DefuseResult, *, max_regions: int = 8, title: str = "
         sec.figures(figs[i:i + 4])
     if len(result.regions) > max_regions:
         sec.note(f"{len(result.regions) - max_regions} lower-ranked regions are not shown.")
+    if result.below_fold:
+        reasons = sorted(set(result.below_fold.values()), key=len)[:1]
+        sec.note(f"The fold: regions {', '.join(str(r.id) for r in result.regions[:fold]) or 'none'} are worth a "
+                 f"label first; {len(result.below_fold)} more are below the fold (a region is below it when its score "
+                 f"is under a tenth of the top region's - little evidence, often a boundary two classes share - or "
+                 f"when it ranks beyond the first five; e.g. {reasons[0] if reasons else ''}).")
 
     if corr is not None:
         sec.heading("Correction: before and after")

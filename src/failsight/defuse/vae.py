@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from failsight._training import BudgetTracker, TrainingBudget, TrainingStop
 from failsight._validate import FailsightInputError, as_float_array, check_int
 from failsight.types import Result
 
@@ -91,7 +92,8 @@ def _n_down(size: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class VAEHistory(Result):
-    """Per-epoch training loss of a :class:`VAE` (negative ELBO per image: reconstruction + beta * KL)."""
+    """Per-epoch training loss of a :class:`VAE` (negative ELBO per image: reconstruction + beta * KL; the
+    last epoch may be partial) and ``stop``: why and after how many steps training ended."""
 
     loss: list[float]
     reconstruction: list[float]
@@ -99,6 +101,7 @@ class VAEHistory(Result):
     epochs: int
     seconds: float
     seed: int
+    stop: TrainingStop | None = None
 
 
 class VAE(nn.Module):
@@ -230,38 +233,56 @@ class VAE(nn.Module):
         """``decode(encode(x))``: images ``(n, c, s, s)`` → reconstructions of the same shape."""
         return self.decode(self.encode(x))
 
-    def fit(self, x: Any, *, epochs: int = 150, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-            progress: bool = True) -> VAEHistory:
-        """Train on images ``(n, c, s, s)`` in [0, 1] (in place) with Adam and a cosine schedule.
+    def fit(self, x: Any, *, epochs: int | None = None, budget: TrainingBudget | None = None, batch_size: int = 64,
+            lr: float = 2e-3, seed: int = 0, progress: bool = True) -> VAEHistory:
+        """Train on images ``(n, c, s, s)`` in [0, 1] (in place, on the model's device) with Adam and a cosine
+        schedule planned over the step budget.
 
-        The loss is the negative ELBO per image: summed binary cross-entropy plus ``beta`` times the KL
-        divergence to N(0, I). Shuffling and the reparameterisation noise follow ``seed`` (the global torch
-        RNG is restored afterwards). Returns a :class:`VAEHistory`; the model is left in eval mode.
+        How long: ``epochs`` fixes the number of passes (the old behaviour); otherwise ``budget`` (a
+        :class:`~failsight._training.TrainingBudget`, default ``TrainingBudget()``: at most 150 epochs and 3,000
+        steps, stopping earlier when the loss stops improving) decides, so 1,797 digits get their 150 epochs
+        and 55k MNIST images about 3.5. The loss is the negative ELBO per image: summed binary cross-entropy
+        plus ``beta`` times the KL divergence to N(0, I). Shuffling and the reparameterisation noise follow
+        ``seed`` (the global torch RNG is restored afterwards). Returns a :class:`VAEHistory` (per-epoch
+        losses, the last epoch possibly partial, and ``stop``: why training ended); the model is left in eval
+        mode.
         """
         xa = check_images(x, "x", channels=self.in_channels, size=self.image_size)
-        epochs = check_int(epochs, "epochs")
+        if epochs is not None and budget is not None:
+            raise FailsightInputError("pass epochs or budget, not both.")
+        if epochs is not None:
+            budget = TrainingBudget.epochs(epochs)
+        elif budget is None:
+            budget = TrainingBudget()
+        elif not isinstance(budget, TrainingBudget):
+            raise FailsightInputError(f"budget must be a TrainingBudget, got {type(budget).__name__}.")
         batch_size = check_int(batch_size, "batch_size")
         seed = check_int(seed, "seed", minimum=0)
         if len(xa) < 2:
             raise FailsightInputError(f"need at least 2 images to train the VAE, got {len(xa)}.")
         if not (math.isfinite(lr) and lr > 0):
             raise FailsightInputError(f"lr must be a positive number, got {lr!r}.")
-        xt = torch.from_numpy(xa).to(self._device())
+        dev = self._device()
+        xt = torch.from_numpy(xa).to(dev)
         n = len(xt)
+        plan = budget.plan(n, batch_size)
+        tracker = BudgetTracker(plan)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
-        steps = epochs * math.ceil(n / batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=plan.schedule_steps)
         gen = torch.Generator().manual_seed(seed)
         hist: dict[str, list[float]] = {"loss": [], "reconstruction": [], "kl": []}
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]), _progress("training VAE", progress) as bar:
+        total = plan.max_steps or plan.schedule_steps
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+                _progress("training VAE", progress) as bar:
             torch.manual_seed(seed)
-            task = bar.add_task("vae", total=epochs, info="")
+            task = bar.add_task("vae", total=total, info="")
             self.train()
             try:
-                for _ in range(epochs):
-                    perm = torch.randperm(n, generator=gen)
-                    sums = torch.zeros(2, dtype=torch.float64)
+                while not tracker.done:
+                    perm = torch.randperm(n, generator=gen).to(dev)
+                    sums = torch.zeros(2, dtype=torch.float64, device=dev)
+                    seen = 0
                     for i in range(0, n, batch_size):
                         xb = xt[perm[i:i + batch_size]]
                         if len(xb) < 2:  # BatchNorm needs two samples
@@ -273,16 +294,22 @@ class VAE(nn.Module):
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        sched.step()
-                        sums += torch.stack([rec.detach(), kl.detach()]).double().cpu() * len(xb)
-                    rec_e, kl_e = (sums / n).tolist()
+                        if sched.last_epoch < plan.schedule_steps:
+                            sched.step()
+                        sums += torch.stack([rec.detach(), kl.detach()]).double() * len(xb)
+                        seen += len(xb)
+                        bar.update(task, advance=1)
+                        if tracker.step(loss.detach()):
+                            break
+                    rec_e, kl_e = (sums / max(seen, 1)).tolist()
                     hist["reconstruction"].append(rec_e)
                     hist["kl"].append(kl_e)
                     hist["loss"].append(rec_e + self.beta * kl_e)
-                    bar.update(task, advance=1, info=f"loss {hist['loss'][-1]:.2f}")
+                    bar.update(task, info=f"loss {hist['loss'][-1]:.2f}")
             finally:
                 self.eval()
-        return VAEHistory(**hist, epochs=epochs, seconds=time.perf_counter() - t0, seed=seed)
+        stop = tracker.stop
+        return VAEHistory(**hist, epochs=len(hist["loss"]), seconds=time.perf_counter() - t0, seed=seed, stop=stop)
 
     # ------------------------------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:

@@ -7,7 +7,6 @@ from failsight.models.adapters import (
     TorchAdapter,
     TorchScriptAdapter,
     as_model,
-    load_model,
 )
 from failsight.models.cnn import SmallCNN, TrainingHistory, predict_logits, train_classifier
 from failsight.models.compositional import (
@@ -20,6 +19,7 @@ from failsight.models.compositional import (
     pretrain_encoder,
     train_compositional,
 )
+from failsight.models.loading import load_model, load_state_dict
 
 __all__ = [
     "CallableAdapter",
@@ -36,6 +36,7 @@ __all__ = [
     "compose_logits",
     "compose_predictions",
     "load_model",
+    "load_state_dict",
     "predict_heads",
     "predict_logits",
     "pretrain_encoder",
