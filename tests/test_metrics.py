@@ -13,6 +13,7 @@ import pytest
 from failsight._validate import FailsightInputError
 from failsight.reliability import _binning
 from failsight.reliability.metrics import (
+    NLL_EPS,
     CalibrationError,
     ReliabilityDiagram,
     accuracy,
@@ -23,6 +24,7 @@ from failsight.reliability.metrics import (
     ece,
     mce,
     nll,
+    nll_zero_count,
     percentile_interval,
     reliability_diagram,
 )
@@ -372,7 +374,25 @@ def test_accuracy_and_nll_edge_cases():
     y, p = _make(1000, 5, seed=13, dtype=np.float32)
     assert accuracy(y, p) == pytest.approx(accuracy_score(y, p.argmax(1)))
     assert accuracy([0, 1], [[0.5, 0.5], [0.5, 0.5]]) == 0.5  # ties -> first class, as np.argmax
-    assert np.isfinite(nll([0], [[0.0, 1.0]]))  # a zero probability is clipped, not infinite
+    assert nll([0], [[0.0, 1.0]]) == np.inf  # a zero true-class probability: infinite loss, not clipped
+    assert nll_zero_count([0, 1], [[0.0, 1.0], [0.0, 1.0]]) == 1
+    assert nll([0], [[0.0, 1.0]], eps="floor") == pytest.approx(-np.log(NLL_EPS), rel=1e-15)
+    assert nll([0], [[0.0, 1.0]], eps=1e-3) == pytest.approx(-np.log(1e-3), rel=1e-15)
+
+
+def test_nll_is_the_same_for_the_same_numbers_in_any_dtype():
+    # float32 values widened to float64 are the same numbers: the NLL (computed in float64, no
+    # dtype-dependent clipping) must be bit-identical, also for probabilities far below float32's eps.
+    rng = np.random.default_rng(5)
+    z = rng.normal(scale=8.0, size=(2000, 10))
+    p32 = np.exp(z - z.max(1, keepdims=True)).astype(np.float32)
+    p32 /= p32.sum(1, keepdims=True)
+    y = rng.integers(0, 10, 2000)
+    assert (p32[np.arange(2000), y] < np.finfo(np.float32).eps).any()  # the case that used to differ
+    p64 = p32.astype(np.float64)
+    assert nll(y, p32) == nll(y, p64)
+    ref = -np.mean(np.log(p64[np.arange(2000), y]))
+    assert nll(y, p64) == pytest.approx(ref, rel=1e-14)
 
 
 # --------------------------------------------------------------------------------------------------

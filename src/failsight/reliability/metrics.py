@@ -71,6 +71,7 @@ __all__ = [
     "ece",
     "mce",
     "nll",
+    "nll_zero_count",
     "percentile_interval",
     "reliability_diagram",
 ]
@@ -456,16 +457,38 @@ def brier_score(y_true: Any, y_prob: Any, scale_by_half: bool | Literal["auto"] 
     return total / n / (2.0 if half else 1.0)
 
 
-def nll(y_true: Any, y_prob: Any, eps: float | None = None) -> float:
-    """Negative log-likelihood ``-mean(log p[i, y_i])`` in nats.
+#: The one probability floor of :func:`nll` when a floor is asked for (``eps="floor"``): 1e-15, the
+#: clipping constant scikit-learn's ``log_loss`` used for years; ``-log(1e-15) = 34.5`` nats per sample.
+NLL_EPS = 1e-15
 
-    Probabilities are clipped to ``[eps, 1 - eps]`` first; the default ``eps`` is the machine epsilon of
-    ``y_prob``'s dtype, as in scikit-learn's ``log_loss``, so a zero probability gives a large finite loss.
+
+def nll(y_true: Any, y_prob: Any, eps: float | Literal["floor"] | None = None) -> float:
+    """Negative log-likelihood ``-mean(log p[i, y_i])`` in nats, computed in float64.
+
+    The probability of the true class is widened to float64 (exactly) before the log, so the same numbers
+    give the same NLL whatever their dtype. By default (``eps=None``) nothing is clipped: a true-class
+    probability of 0 gives ``+inf`` -- the NLL is a proper score and a model that rules out what happened
+    has infinite loss (see :func:`nll_zero_count` to count such rows). ``eps="floor"`` clips at
+    :data:`NLL_EPS` (1e-15) from below; a number clips at that value. Values above 1 (rows that sum to 1
+    within the input tolerance) are clipped to 1.
     """
     y, p = check_labels_probs(y_true, y_prob)
-    e = float(np.finfo(p.dtype).eps) if eps is None else check_fraction(eps, "eps")
+    if eps is None:
+        e = 0.0
+    elif isinstance(eps, str) and eps == "floor":
+        e = NLL_EPS
+    else:
+        e = check_fraction(eps, "eps", open_low=False)
     py = p[np.arange(len(y)), y].astype(np.float64)
-    return float(-np.log(np.clip(py, e, 1.0 - e)).mean())
+    np.clip(py, e, 1.0, out=py)
+    with np.errstate(divide="ignore"):
+        return float(-np.log(py).mean())
+
+
+def nll_zero_count(y_true: Any, y_prob: Any) -> int:
+    """Number of rows whose true-class probability is exactly 0 (each makes :func:`nll` infinite)."""
+    y, p = check_labels_probs(y_true, y_prob)
+    return int(np.count_nonzero(p[np.arange(len(y)), y] <= 0.0))
 
 
 def accuracy(y_true: Any, y_prob: Any) -> float:
