@@ -205,8 +205,8 @@ def reliability_section(analysis: Any, *, title: str = "Reliability: can I trust
         sec.note(n)
     rows_with_ci = [m for m in (*a.metrics, *(a.metrics_calibrated or ())) if m.ci is not None]
     if any(not (m.ci.low <= m.value <= m.ci.high) for m in rows_with_ci):
-        sec.note("Some bootstrap intervals lie above their estimate: resampling adds noise to every bin, which "
-                 "inflates a binned calibration error, so the bootstrap distribution of the ECE sits above the "
-                 "plug-in value when the model is well calibrated. Read such an interval as the spread of the "
-                 "estimate, not as a range centred on it.")
+        sec.note("Some calibration-error estimates lie outside their interval: the plug-in value is biased "
+                 "upward (sampling noise inflates every bin's gap), while the interval is a confidence interval "
+                 "for the true error, built around the debiased estimate. For a well-calibrated model the "
+                 "plug-in value can sit above the whole interval; the interval is the range to read.")
     return sec
