@@ -292,13 +292,13 @@ def test_vector_scaling_matches_netcal_logistic(multi):
     p = softmax(z[:300], axis=1)
     nc = netcal_scaling.LogisticCalibration()  # multiclass: softmax(w * log p + b), MLE
     nc.fit(p, y[:300])
-    ours = VectorScaling().fit(p, y[:300])
+    ours = VectorScaling(reg_lambda=0.0, reg_mu=0.0).fit(p, y[:300])  # unregularised, as netcal
     np.testing.assert_allclose(ours.predict_proba(p), nc.transform(p), atol=1e-4)
 
 
 def test_matrix_scaling_odir_limits(multi):
     z, y, _, _ = multi
-    vs = VectorScaling().fit(z, y)
+    vs = VectorScaling(reg_lambda=0.0, reg_mu=0.0).fit(z, y)
     ms = MatrixScaling(reg_lambda=1e7, reg_mu=0.0).fit(z, y)
     off = ms.coef_[~np.eye(5, dtype=bool)]
     assert np.abs(off).max() < 1e-4
@@ -371,20 +371,25 @@ def test_isotonic_one_vs_rest_renormalised(multi):
 def test_histogram_binning_matches_netcal_and_right_closed_bins():
     netcal_binning = pytest.importorskip("netcal.binning")
     p, y = binary_scores(3000, seed=9)
-    ours = HistogramBinning(n_bins=10).fit(p, y)
+    ours = HistogramBinning(n_bins=10, prior_strength=0.0).fit(p, y)  # raw frequencies, as netcal
     nc = netcal_binning.HistogramBinning(bins=10)
     nc.fit(p, y)
     np.testing.assert_allclose(ours.predict_proba(p)[:, 1], nc.transform(p), atol=1e-12)
     # right-closed bins: 0.2 belongs to (0.1, 0.2], 0 to the first bin, 1 to the last
     pe = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.95, 1.0] * 3)
     ye = np.array([0, 0, 1, 1, 1, 0, 1, 1] * 3)
-    hb = HistogramBinning(n_bins=10).fit(pe, ye)
+    hb = HistogramBinning(n_bins=10, prior_strength=0.0).fit(pe, ye)
     _, values = hb.calibrators_[0]
     assert values[0] == pytest.approx(1 / 3)  # 0.0, 0.05, 0.1 -> labels 0, 0, 1
     assert values[1] == pytest.approx(1.0)  # 0.15, 0.2
     assert values[2] == pytest.approx(0.0)  # 0.25
     assert values[5] == pytest.approx(0.55)  # empty bin -> its midpoint
     assert values[9] == pytest.approx(1.0)  # 0.95 and 1.0
+    # the default floor: one pseudo-sample at the bin's mean confidence, so no bin says 0
+    _, floored = HistogramBinning(n_bins=10).fit(pe, ye).calibrators_[0]
+    assert floored[2] == pytest.approx((0 + 0.25) / (3 + 1))  # 0.25 x3, no positive
+    assert floored[0] == pytest.approx((3 + 0.05) / (9 + 1))  # 3 of 9 positive, mean confidence 0.05
+    assert floored.min() > 0
     # equal-mass bins hold about the same number of calibration samples
     hq = HistogramBinning(n_bins=5, strategy="quantile").fit(p, y)
     idx = HistogramBinning._bin_index(hq.calibrators_[0][0], p)
@@ -534,11 +539,11 @@ class _Broken(TemperatureScaling):
 
 def test_compare_calibrators_default(multi):
     from failsight.reliability import metrics
-    from failsight.reliability.compare import BEST_RULE, compare_calibrators
+    from failsight.reliability.compare import BEST_RULE, DEFAULT_CALIBRATORS, compare_calibrators
 
     z, y, zt, yt = multi
     res = compare_calibrators(y, z, yt, zt, n_boot=200, seed=1)
-    assert res.names == ["uncalibrated", *CALIBRATORS]
+    assert res.names == ["uncalibrated", *DEFAULT_CALIBRATORS]
     assert all(r.ok for r in res.rows), [r.error for r in res.rows]
     assert res.input_kind == "logits" and res.n_classes == 5 and res.n_cal == len(y)
     # the numbers are the metrics of the fitted calibrators on the test split
@@ -547,13 +552,13 @@ def test_compare_calibrators_default(multi):
         assert r.ece == pytest.approx(metrics.ece(yt, q, n_bins=15), abs=1e-12)
         assert r.nll == pytest.approx(metrics.nll(yt, q), abs=1e-12)
         assert r.ece_ci is not None and r.ece_ci.level == 0.95 and r.ece_ci.low <= r.ece_ci.high
-        assert r.fit_time_s >= 0
+        assert r.fit_time_s >= 0 and np.isfinite(r.cv_nll) and r.zero_prob_rows == 0
     base = res.row("uncalibrated")
     assert base.ece == pytest.approx(metrics.ece(yt, softmax(zt, axis=1)), abs=1e-12)
+    assert base.cv_nll == pytest.approx(metrics.nll(y, softmax(z, axis=1)), abs=1e-12)
     assert res.row("temperature").accuracy == base.accuracy  # arg-max kept
-    # best: lowest ECE among rows whose NLL is not worse than uncalibrated
-    ok = [r for r in res.rows if r.nll <= base.nll + 1e-12]
-    assert res.best == min(ok, key=lambda r: (r.ece, r.nll)).name
+    # best: lowest cross-validated NLL on the calibration split
+    assert res.best == min(res.rows, key=lambda r: r.cv_nll).name
     assert res.best != "uncalibrated" and res.best_rule == BEST_RULE
     assert res.best in res.fitted
     # JSON: rows and intervals serialise, fitted models do not
@@ -588,3 +593,51 @@ def test_compare_calibrators_failures_and_arguments():
         compare_calibrators(yz, z, yz, z[:, :3] - 0.0, input="logits")
     with pytest.raises(FailsightInputError, match="ci"):
         compare_calibrators(yz, z, yz, z, ci=1.5)
+
+
+def test_cv_nll_is_the_out_of_fold_nll(multi):
+    from failsight.reliability._calibrators_base import fold_ids
+    from failsight.reliability.compare import compare_calibrators
+
+    z, y, zt, yt = multi
+    res = compare_calibrators(y, z, yt, zt, calibrators=["temperature", "vector"], ci=None, seed=3, cv=4)
+    folds = fold_ids(y, 4, 3)
+    assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
+    for name, est in (("temperature", TemperatureScaling()),
+                      ("vector", VectorScaling(reg_lambda=res.fitted["vector"].reg_lambda_))):
+        lp = np.empty(len(y))
+        for f in range(4):
+            q = clone(est).fit(z[folds != f], y[folds != f]).predict_proba(z[folds == f])
+            lp[folds == f] = np.log(q[np.arange(len(q)), y[folds == f]])
+        # the same fits in the same order: equal up to summation order
+        assert res.row(name).cv_nll == pytest.approx(-lp.mean(), rel=1e-12)
+
+
+def test_choice_does_not_depend_on_test_labels(multi):
+    from failsight.reliability.compare import compare_calibrators
+
+    z, y, zt, yt = multi
+    names = ["temperature", "vector", "isotonic", "histogram", "beta"]
+    a = compare_calibrators(y, z, yt, zt, calibrators=names, ci=None)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        b = compare_calibrators(y, z, rng.permutation(yt), zt, calibrators=names, ci=None)
+        assert b.best == a.best
+        assert [r.cv_nll for r in b.rows] == [r.cv_nll for r in a.rows]
+
+
+def test_zero_probability_gives_infinite_nll_and_is_not_chosen():
+    from failsight.reliability.compare import compare_calibrators
+
+    # isotonic maps every score below the lowest positive of a class to 0: a test row of that class
+    # with such a score gets probability 0 for its true class
+    z, y = overconfident(1200, 4, seed=5)
+    res = compare_calibrators(y[:600], z[:600], y[600:], z[600:], calibrators=["temperature", "isotonic"], ci=None)
+    iso = res.row("isotonic")
+    assert iso.zero_prob_rows + iso.cv_zero_prob_rows > 0 and "isotonic" in res.zero_prob
+    q = res.fitted["isotonic"].predict_proba(z[600:])
+    assert (iso.nll == np.inf) == bool(iso.zero_prob_rows)
+    assert iso.zero_prob_rows == int((q[np.arange(600), y[600:]] == 0).sum())
+    assert iso.cv_zero_prob_rows == 0 or iso.cv_nll == np.inf
+    assert res.best != "isotonic" or np.isfinite(iso.cv_nll)
+    assert "temperature" not in res.zero_prob

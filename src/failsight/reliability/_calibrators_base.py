@@ -93,6 +93,18 @@ def to_prob_space(x: np.ndarray, kind: str) -> np.ndarray:
     return softmax(x)
 
 
+def fold_ids(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Fold ``0..n_folds-1`` of each row ``(n,)``, stratified by label: the rows of each class, in a random
+    order drawn from ``seed``, are dealt round-robin (classes one after another), so every fold holds each
+    class in proportion and fold sizes differ by at most one."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    order = order[np.argsort(y[order], kind="stable")]  # classes grouped, random order inside each
+    folds = np.empty(len(y), dtype=np.int64)
+    folds[order] = np.arange(len(y)) % n_folds
+    return folds
+
+
 class BaseCalibrator(BaseEstimator):
     """Base class: validates inputs, records the input kind and class count, dispatches to ``_fit``.
 

@@ -134,3 +134,32 @@ def _exp_array(x):  # pragma: no cover - compiled
     for i in range(x.size):
         out[i] = _exp_nonpos(x[i])
     return out
+
+
+@njit(fastmath={"contract"}, cache=True)
+def softmax_nll_grad(S, y):  # pragma: no cover - compiled
+    """Mean NLL of ``softmax(S)`` for labels ``y``; overwrites ``S`` ``(n, k)`` float64 with its gradient.
+
+    The gradient w.r.t. the scores is ``(softmax(S) - onehot(y)) / n``. One pass per row (max, exp, sum,
+    normalise), float64 throughout; the vectorisable :func:`_exp_nonpos` replaces libm's ``exp``.
+    """
+    n, k = S.shape
+    total = 0.0
+    inv_n = 1.0 / n
+    for i in range(n):
+        m = S[i, 0]
+        for j in range(1, k):
+            m = max(m, S[i, j])
+        yi = y[i]
+        sy = S[i, yi] - m
+        s = 0.0
+        for j in range(k):
+            e = _exp_nonpos(S[i, j] - m)
+            S[i, j] = e
+            s += e
+        total += np.log(s) - sy
+        scale = inv_n / s
+        for j in range(k):
+            S[i, j] *= scale
+        S[i, yi] -= inv_n
+    return total * inv_n

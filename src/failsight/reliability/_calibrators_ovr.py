@@ -214,17 +214,28 @@ class HistogramBinning(_OneVsRestCalibrator):
     midpoint. Needs at least ``n_bins`` calibration samples. One-vs-rest for ``k > 2``, renormalised;
     no arg-max guarantee.
 
+    Floor: a bin's value is the posterior mean of its positive rate under a Beta prior centred on the
+    bin's mean predicted probability ``c_b`` with ``prior_strength`` pseudo-samples (an m-estimate,
+    Cestnik 1990): ``(n_pos + a c_b) / (n_b + a)``. A bin without positives then keeps a probability
+    ``a c_b / (n_b + a) > 0`` instead of 0, which would make the NLL of any test row landing there
+    infinite; large bins are barely changed. ``prior_strength=0`` gives the raw frequencies.
+
     Attributes: ``calibrators_`` (per binary map: ``(bin_edges (n_bins + 1,), bin_values (n_bins,))``),
     ``constant_classes_``.
     """
 
-    def __init__(self, input: str = "auto", n_bins: int = 15, strategy: str = "uniform"):
+    def __init__(self, input: str = "auto", n_bins: int = 15, strategy: str = "uniform",
+                 prior_strength: float = 1.0):
         self.input = input
         self.n_bins = n_bins
         self.strategy = strategy
+        self.prior_strength = prior_strength
 
     def _check_params(self) -> None:
         check_int(self.n_bins, "n_bins")
+        a = float(self.prior_strength)
+        if not (np.isfinite(a) and a >= 0):
+            raise FailsightInputError(f"prior_strength must be a finite number >= 0, got {self.prior_strength!r}.")
         if self.strategy not in ("uniform", "quantile"):
             raise FailsightInputError(f"strategy must be 'uniform' or 'quantile', got {self.strategy!r}.")
 
@@ -248,8 +259,10 @@ class HistogramBinning(_OneVsRestCalibrator):
         idx = self._bin_index(edges, p)
         counts = np.bincount(idx, minlength=n_bins)
         pos = np.bincount(idx, weights=t, minlength=n_bins)
+        conf = np.bincount(idx, weights=p, minlength=n_bins) / np.maximum(counts, 1)
+        a = float(self.prior_strength)
         mid = 0.5 * (edges[:-1] + edges[1:])
-        values = np.where(counts > 0, pos / np.maximum(counts, 1), mid)
+        values = np.where(counts > 0, (pos + a * conf) / np.maximum(counts + a, 1e-300), mid)
         return edges, values
 
     @staticmethod

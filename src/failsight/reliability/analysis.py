@@ -82,10 +82,10 @@ class ReliabilityAnalysis(Result):
         input_kind: "logits" or "probs" (what the predictions were).
         metrics: metrics of the uncalibrated test predictions with intervals at ``confidence``.
         metrics_calibrated: the same after ``after_calibrator`` (``None`` without a calibration split).
-        best_calibrator: the comparison's choice (see its ``best_rule``; "uncalibrated" when none
-            helped, ``None`` without a calibration split).
+        best_calibrator: the comparison's choice, made on the calibration split only (see its ``best_rule``:
+            lowest cross-validated NLL; "uncalibrated" when none helped, ``None`` without a calibration split).
         after_calibrator: the calibrator of ``metrics_calibrated`` / ``diagram_after``: the best one, or
-            when none helped the one with the lowest test ECE, shown for comparison.
+            when none helped the runner-up by the same rule, shown for comparison.
         comparison: the :func:`~failsight.reliability.compare.compare_calibrators` result (or ``None``).
         diagram_before / diagram_after: reliability-diagram data (bin edges, confidence, accuracy, count).
         scores: ranking quality of each confidence score on the test split.
@@ -292,12 +292,17 @@ def analyze(
         best = comparison.best
         after = best
         if best == "uncalibrated":
-            # nothing beat the model: show the lowest-ECE calibrator for comparison, and say so
-            ok = [r for r in comparison.rows if r.name != "uncalibrated" and r.error is None and r.ece is not None]
-            after = min(ok, key=lambda r: r.ece).name if ok else None
-            notes.append("no calibrator met the selection rule on the test split "
-                         f"({getattr(comparison, 'best_rule', 'lowest ECE')}), so the model is best left as it "
-                         "is" + (f"; the 'after' column and diagram show {after} for comparison." if after else "."))
+            # nothing beat the model: show the runner-up by the same rule (calibration split only), and say so
+            ok = [r for r in comparison.rows if r.name != "uncalibrated" and r.error is None
+                  and r.cv_nll is not None and np.isfinite(r.cv_nll)]
+            after = min(ok, key=lambda r: r.cv_nll).name if ok else None
+            notes.append("no calibrator beat the model as it is on the calibration split "
+                         f"({getattr(comparison, 'best_rule', 'lowest cross-validated NLL')}), so the model is best "
+                         "left as it is" + (f"; the 'after' column and diagram show {after}, the runner-up, for "
+                                            "comparison." if after else "."))
+        if comparison.zero_prob:
+            notes.append("calibrators that gave some true class a probability of exactly 0 (infinite NLL, never "
+                         f"chosen): {', '.join(comparison.zero_prob)}.")
         if after is not None:
             p_after = check_probs(comparison.fitted[after].predict_proba(x_test),
                                   name="calibrated probabilities", allow_float32=False)

@@ -71,6 +71,7 @@ __all__ = [
     "ece",
     "mce",
     "nll",
+    "nll_zero_count",
     "percentile_interval",
     "reliability_diagram",
 ]
@@ -85,7 +86,8 @@ __all__ = [
 class CalibrationError(Result):
     """A calibration error estimate; ``float(result)`` gives ``value``.
 
-    ``ci`` is the bootstrap percentile interval (``None`` unless requested); ``per_class`` holds the
+    ``ci`` is the confidence interval (``None`` unless requested) built by ``ci_method`` around
+    ``ci_estimate`` (the debiased estimate; see :func:`calibration_error`); ``per_class`` holds the
     per-class errors for ``kind="classwise"``/``"marginal"``.
     """
 
@@ -99,6 +101,8 @@ class CalibrationError(Result):
     n_samples: int
     n_boot: int | None = None
     per_class: tuple[float, ...] | None = None
+    ci_estimate: float | None = None
+    ci_method: str | None = None
 
     def __float__(self) -> float:
         return float(self.value)
@@ -305,7 +309,8 @@ def _bootstrap_errors(red: _binning.Reduced, kind: str, norm: str, debiased: boo
 
 def calibration_error(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Strategy = "uniform",
                       norm: Norm = "l1", kind: Kind = "top-label", debiased: bool = False,
-                      ci: float | None = None, n_boot: int = 1000, seed: int | None = 0) -> CalibrationError:
+                      ci: float | None = None, n_boot: int = 1000, seed: int | None = 0,
+                      ci_method: Literal["debiased", "percentile"] = "debiased") -> CalibrationError:
     """Binned calibration error of probabilities ``y_prob (n, k)`` (or ``(n,)`` = P(class 1)) for labels ``y_true (n,)``.
 
     Parameters
@@ -328,9 +333,18 @@ def calibration_error(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Stra
     ci, n_boot, seed
         ``ci=0.95`` adds a percentile bootstrap interval over ``n_boot`` resamples drawn reproducibly
         from ``seed`` (``None``: fresh entropy). Each sample is reduced once to (bin, value, hit) and the
-        reduced data are resampled; bin edges are held at those of the full sample. The plug-in error
-        is biased upward and so is its bootstrap distribution: for a nearly calibrated model the
-        interval can lie above the point estimate (``debiased=True`` reduces the bias).
+        reduced data are resampled; bin edges are held at those of the full sample.
+    ci_method
+        ``"debiased"`` (default; L1 and L2): a confidence interval for the population binned error (the
+        error these bins would show on infinite data). The plug-in estimate is biased upward (noise inflates
+        every bin's gap), and a percentile bootstrap of it is a spread, not an interval: it misses a small
+        true error most of the time. Instead the interval is built around the debiased estimate ``d``
+        (stored in ``ci_estimate``): lower end ``max(0, 2 d - q_hi)`` (basic bootstrap of the debiased
+        estimator), upper end ``d + z sd`` (its bootstrap standard deviation). Simulated coverage of the
+        95% interval with known true ECE (``benchmarks/calibration_real.py``): 0.92-0.98 at n = 1,000 and
+        10,000, from calibrated to strongly miscalibrated models; the plug-in value itself can lie above the
+        interval for a nearly calibrated model. ``"percentile"``: the old percentile interval of the
+        chosen estimator (also used for ``norm="max"``, which has no debiased form).
 
     Returns
     -------
@@ -350,6 +364,8 @@ def calibration_error(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Stra
     if level is not None:
         n_boot = check_int(n_boot, "n_boot", minimum=2)
         seed = _binning.resolve_seed(seed)
+    if ci_method not in ("debiased", "percentile"):
+        raise FailsightInputError(f"ci_method must be 'debiased' or 'percentile', got {ci_method!r}.")
 
     per_class = None
     if kind == "top-label" and level is None:
@@ -372,12 +388,37 @@ def calibration_error(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Stra
         n = len(y)
 
     interval = None
+    center = None
     if level is not None and red is not None:
-        est = _bootstrap_errors(red, kind, norm, debiased, n_boot, seed)
-        interval = percentile_interval(est, level)
+        if ci_method == "debiased" and norm != "max":
+            interval, center = _debiased_interval(red, kind, norm, level, n_boot, seed)
+        else:
+            interval = percentile_interval(_bootstrap_errors(red, kind, norm, debiased, n_boot, seed), level)
     return CalibrationError(value=value, ci=interval, kind=kind, norm=norm, strategy=strategy,
                             n_bins=int(n_bins), debiased=debiased, n_samples=int(n),
-                            n_boot=n_boot if level is not None else None, per_class=per_class)
+                            n_boot=n_boot if level is not None else None, per_class=per_class,
+                            ci_estimate=center, ci_method=None if level is None else
+                            ("debiased" if ci_method == "debiased" and norm != "max" else "percentile"))
+
+
+def _debiased_interval(red: _binning.Reduced, kind: str, norm: str, level: float, n_boot: int,
+                       seed: int) -> tuple[Interval, float]:
+    """Interval for the population binned error around the debiased estimate ``d`` (see ``calibration_error``).
+
+    Lower end: basic bootstrap ``max(0, 2 d - q_hi)`` of the debiased estimator's resamples (it reaches 0
+    when the data are consistent with calibration); upper end: ``d + z sd`` (normal, the resampled
+    debiased estimates' standard deviation). Coverage checked by simulation in
+    ``benchmarks/calibration_real.py``.
+    """
+    from scipy.stats import norm as _normal
+
+    d, _ = _error_from_counts(_binning.counts_from_reduced(red), kind, norm, True)
+    boot = _bootstrap_errors(red, kind, norm, True, n_boot, seed)
+    alpha = 1.0 - level
+    q_hi = float(np.quantile(boot, 1.0 - alpha / 2.0))
+    sd = float(boot.std(ddof=1))
+    z = float(_normal.ppf(1.0 - alpha / 2.0))
+    return Interval(max(0.0, 2.0 * d - q_hi), d + z * sd, level), float(d)
 
 
 def ece(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Strategy = "uniform", norm: Norm = "l1") -> float:
@@ -456,16 +497,38 @@ def brier_score(y_true: Any, y_prob: Any, scale_by_half: bool | Literal["auto"] 
     return total / n / (2.0 if half else 1.0)
 
 
-def nll(y_true: Any, y_prob: Any, eps: float | None = None) -> float:
-    """Negative log-likelihood ``-mean(log p[i, y_i])`` in nats.
+#: The one probability floor of :func:`nll` when a floor is asked for (``eps="floor"``): 1e-15, the
+#: clipping constant scikit-learn's ``log_loss`` used for years; ``-log(1e-15) = 34.5`` nats per sample.
+NLL_EPS = 1e-15
 
-    Probabilities are clipped to ``[eps, 1 - eps]`` first; the default ``eps`` is the machine epsilon of
-    ``y_prob``'s dtype, as in scikit-learn's ``log_loss``, so a zero probability gives a large finite loss.
+
+def nll(y_true: Any, y_prob: Any, eps: float | Literal["floor"] | None = None) -> float:
+    """Negative log-likelihood ``-mean(log p[i, y_i])`` in nats, computed in float64.
+
+    The probability of the true class is widened to float64 (exactly) before the log, so the same numbers
+    give the same NLL whatever their dtype. By default (``eps=None``) nothing is clipped: a true-class
+    probability of 0 gives ``+inf`` -- the NLL is a proper score and a model that rules out what happened
+    has infinite loss (see :func:`nll_zero_count` to count such rows). ``eps="floor"`` clips at
+    :data:`NLL_EPS` (1e-15) from below; a number clips at that value. Values above 1 (rows that sum to 1
+    within the input tolerance) are clipped to 1.
     """
     y, p = check_labels_probs(y_true, y_prob)
-    e = float(np.finfo(p.dtype).eps) if eps is None else check_fraction(eps, "eps")
+    if eps is None:
+        e = 0.0
+    elif isinstance(eps, str) and eps == "floor":
+        e = NLL_EPS
+    else:
+        e = check_fraction(eps, "eps", open_low=False)
     py = p[np.arange(len(y)), y].astype(np.float64)
-    return float(-np.log(np.clip(py, e, 1.0 - e)).mean())
+    np.clip(py, e, 1.0, out=py)
+    with np.errstate(divide="ignore"):
+        return float(-np.log(py).mean())
+
+
+def nll_zero_count(y_true: Any, y_prob: Any) -> int:
+    """Number of rows whose true-class probability is exactly 0 (each makes :func:`nll` infinite)."""
+    y, p = check_labels_probs(y_true, y_prob)
+    return int(np.count_nonzero(p[np.arange(len(y)), y] <= 0.0))
 
 
 def accuracy(y_true: Any, y_prob: Any) -> float:

@@ -47,24 +47,35 @@ def _fmt_seconds(t: float | None) -> str:
 def _comparison_rows(comparison: Any) -> tuple[list[str], list[list[Any]], list[int], list[str]]:
     """Columns, rows, the best row index and failure notes of a calibrator comparison."""
     best = comparison.best
-    columns = ["calibrator", "ECE", "MCE", "Brier", "NLL", "accuracy", "fit time", "argmax kept"]
+    columns = ["calibrator", "CV NLL (cal.)", "ECE", "MCE", "Brier", "NLL", "accuracy", "fit time", "argmax kept"]
     out, hl, failed = [], [], []
     for i, r in enumerate(comparison.rows):
         if r.error is not None:
             failed.append(f"{r.name} failed: {r.error}")
-            out.append([r.name, "failed", "–", "–", "–", "–", "–", "–"])
+            out.append([r.name, "failed", "–", "–", "–", "–", "–", "–", "–"])
             continue
         if r.name == best:
             hl.append(i)
         warn = " ⚠" if r.warnings else ""
         out.append([
             r.name + (" ★" if r.name == best else "") + warn,
-            fmt_ci(r.ece, r.ece_ci), r.mce, r.brier, r.nll, fmt_num(r.accuracy, pct=True),
+            _fmt_nll(getattr(r, "cv_nll", None)), fmt_ci(r.ece, r.ece_ci), r.mce, r.brier, _fmt_nll(r.nll),
+            fmt_num(r.accuracy, pct=True),
             _fmt_seconds(r.fit_time_s), "yes" if r.preserves_argmax else "no",
         ])
         if r.warnings:
             failed.append(f"{r.name} warned while fitting: {'; '.join(r.warnings)}")
+        zt, zc = getattr(r, "zero_prob_rows", 0) or 0, getattr(r, "cv_zero_prob_rows", 0) or 0
+        if zt or zc:
+            failed.append(f"{r.name} gave the true class a probability of exactly 0 on {zt} test and {zc} held-out "
+                          "calibration rows: its NLL is infinite and it cannot be chosen.")
     return columns, out, hl, failed
+
+
+def _fmt_nll(v: float | None) -> Any:
+    if v is None:
+        return "–"
+    return "∞" if v == float("inf") else v
 
 
 def reliability_section(analysis: Any, *, title: str = "Reliability: can I trust this prediction?",
@@ -125,7 +136,7 @@ def reliability_section(analysis: Any, *, title: str = "Reliability: can I trust
     if a.diagram_after is not None:
         cap = (f"The same after the chosen calibrator ({a.after_calibrator}), fitted on the calibration split."
                if helped else
-               f"For comparison: after {a.after_calibrator}, the calibrator with the lowest test ECE. It was not "
+               f"For comparison: after {a.after_calibrator}, the runner-up on the calibration split. It was not "
                "chosen: no calibrator beat the model as it is (see the comparison below).")
         figs.append(Figure.from_matplotlib(_diagram_fig(a.diagram_after, f"After {a.after_calibrator}"),
                                            caption=cap))
@@ -136,8 +147,9 @@ def reliability_section(analysis: Any, *, title: str = "Reliability: can I trust
         cols, crow, hl, problems = _comparison_rows(a.comparison)
         rule = getattr(a.comparison, "best_rule", "lowest test ECE")
         sec.table(cols, crow, highlight=hl,
-                  caption=f"Each calibrator fitted on the calibration split ({a.n_cal:,} samples), scored on "
-                          f"the test split. ★ = chosen: {rule}. \"argmax kept\": the method guarantees unchanged "
+                  caption=f"Each calibrator fitted on the calibration split ({a.n_cal:,} samples) and chosen "
+                          f"there; the other columns score it on the test split, which plays no part in the "
+                          f"choice. ★ = chosen: {rule} \"argmax kept\": the method guarantees unchanged "
                           "predicted classes.")
         for msg in problems:
             sec.note(msg)
@@ -193,8 +205,8 @@ def reliability_section(analysis: Any, *, title: str = "Reliability: can I trust
         sec.note(n)
     rows_with_ci = [m for m in (*a.metrics, *(a.metrics_calibrated or ())) if m.ci is not None]
     if any(not (m.ci.low <= m.value <= m.ci.high) for m in rows_with_ci):
-        sec.note("Some bootstrap intervals lie above their estimate: resampling adds noise to every bin, which "
-                 "inflates a binned calibration error, so the bootstrap distribution of the ECE sits above the "
-                 "plug-in value when the model is well calibrated. Read such an interval as the spread of the "
-                 "estimate, not as a range centred on it.")
+        sec.note("Some calibration-error estimates lie outside their interval: the plug-in value is biased "
+                 "upward (sampling noise inflates every bin's gap), while the interval is a confidence interval "
+                 "for the true error, built around the debiased estimate. For a well-calibrated model the "
+                 "plug-in value can sit above the whole interval; the interval is the range to read.")
     return sec
