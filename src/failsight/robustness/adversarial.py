@@ -247,7 +247,8 @@ def _apgd_checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if math.ceil(q * steps) <= steps and q > 0})
+    ws = (math.ceil(round(q * steps, 9)) for q in p[1:])  # rounded: 0.57 · 100 is 57.000…01 in floats
+    return sorted({w for w in ws if 0 < w <= steps})
 
 
 def _apgd(net: _Net, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, lo: float, hi: float, steps: int,
