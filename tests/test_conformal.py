@@ -213,16 +213,26 @@ def test_identical_to_mapie_where_definitions_coincide() -> None:
 
 
 def _brute_sets(p: np.ndarray, q: float, method: str, u: np.ndarray | None, k_reg: int, lam: float) -> np.ndarray:
-    """Per-sample, per-class loop straight from the papers' definitions (reference re-derivation)."""
+    """Per-sample, per-class loop straight from the papers' definitions (reference re-derivation): randomised, j is
+    in the set iff its score ≤ q; non-randomised, iff the class group ranked just above j scores ≤ q (the top group
+    is always in: Romano et al.'s non-randomised APS, RAPS without zero sets)."""
     n, k = p.shape
     out = np.zeros((n, k), dtype=bool)
+
+    def score(i: int, j: int) -> float:
+        above = p[i] > p[i, j]
+        s = p[i, above].sum() + (p[i, j] if u is None else u[i] * p[i, j])
+        if method == "raps":
+            s += lam * max(int(above.sum()) + 1 - k_reg, 0)
+        return s
+
     for i in range(n):
         for j in range(k):
-            above = p[i] > p[i, j]
-            s = p[i, above].sum() + (p[i, j] if u is None else u[i] * p[i, j])
-            if method == "raps":
-                s += lam * max(int(above.sum()) + 1 - k_reg, 0)
-            out[i, j] = s <= q
+            if u is not None:
+                out[i, j] = score(i, j) <= q
+                continue
+            above = np.flatnonzero(p[i] > p[i, j])
+            out[i, j] = len(above) == 0 or score(i, int(above[np.argmin(p[i, above])])) <= q
     return out
 
 

@@ -314,17 +314,21 @@ class ConformalClassifier:
 
     def _tune_raps(self, p: np.ndarray, y: np.ndarray, alpha: float, k_reg: Any, lam: Any) -> tuple[int, float]:
         m = len(y)
+        py = p[np.arange(m), y]
+        above = p > py[:, None]
+        rank = above.sum(axis=1) + 1
         if k_reg == "auto":
-            rank = (p > p[np.arange(m), y][:, None]).sum(axis=1) + 1
             k_reg = int(np.sort(rank)[min(conformal_order_statistic(m, alpha), m) - 1])
         if lam != "auto":
             return int(k_reg), float(lam)
         u = self._u(m, 3)
+        base = np.where(above, p, 0).sum(axis=1, dtype=np.float64) + (py if u is None else u * py)
+        pen = np.maximum(rank - k_reg, 0)
+        vals = np.sort(p, axis=1)[:, ::-1]  # sorted once for every candidate
         best, best_size = RAPS_LAMBDA_GRID[0], np.inf
         for cand in RAPS_LAMBDA_GRID:
-            s = _true_label_scores(p, y, "raps", u, k_reg, cand)
-            q = _kth_smallest(s, conformal_order_statistic(m, alpha))
-            size = float(self._sets(p, q, "raps", u, k_reg, cand).sum(axis=1).mean())
+            q = _kth_smallest(base + cand * pen, conformal_order_statistic(m, alpha))
+            size = float(_set_length(vals, u, "raps", k_reg, cand, q).mean())  # ties aside, the set sizes
             if size < best_size:
                 best, best_size = cand, size
         return int(k_reg), float(best)
@@ -348,52 +352,112 @@ class ConformalClassifier:
 
     @staticmethod
     def _sets(p: np.ndarray, q: Any, method: str, u: np.ndarray | None, k_reg: int, lam: float) -> np.ndarray:
+        """Sets for probabilities ``p`` ``(n, k)`` at threshold(s) ``q``; ``u`` ``None`` = non-randomised."""
         n, k = p.shape
         q_arr = np.asarray(q, dtype=np.float64)
-        if method == "lac":
-            return (1.0 - p.astype(np.float64, copy=False)) <= q_arr  # the calibration score, same arithmetic
-        out = np.zeros((n, k), dtype=bool)
-        q_max = float(q_arr.max())
-        width = k if k <= 64 else 32  # rank cut: sets rarely reach past it; rows that might are sorted fully
+        if method == "lac":  # {j : 1 − p_j ≤ q} = {j : p_j ≥ t}, t found once per threshold in p's dtype
+            return p >= _lac_threshold(q_arr, p.dtype)
+        if q_arr.ndim:
+            return _sets_per_class(p, q_arr, method, u, k_reg, lam)
+        # APS/RAPS scores grow with the rank, so a set is the top-c classes of its row (c from the sorted values),
+        # and ``p >= p_(c)`` puts it back in column order with tied classes together. Most sets are short: the
+        # top 32 values (np.partition) decide most rows; the rest are sorted fully.
+        out = np.empty((n, k), dtype=bool)
+        width = k if k <= 64 else 32
         for a in range(0, n, _BLOCK_ROWS):
             b = min(n, a + _BLOCK_ROWS)
             blk = p[a:b]
             ub = None if u is None else u[a:b]
-            rows = np.arange(b - a)
+            v = np.empty(b - a, dtype=p.dtype)
+            todo = np.arange(b - a)
             if width < k:
-                top = np.argpartition(-blk, width - 1, axis=1)[:, :width]
-                tv = np.take_along_axis(blk, top, axis=1)
-                o = np.argsort(-tv, axis=1, kind="stable")
-                idx = np.take_along_axis(top, o, axis=1)
-                vals = np.take_along_axis(tv, o, axis=1)
-                s = _sorted_scores(vals, ub, method, k_reg, lam)
-                # every class outside the top `width` scores at least the top's mass (+ its RAPS penalty); a class
-                # outside tied with the last one inside would share its rank, so such rows are sorted fully
-                mass = vals.astype(np.float64).sum(axis=1) + lam * max(width + 1 - k_reg, 0) * (method == "raps")
-                rest_max = _max_outside(blk, top)
-                safe = (mass > q_max) & (rest_max < vals[:, -1])
-                qs = q_arr[idx] if q_arr.ndim else q_arr
-                inc = s <= qs
-                good = rows[safe]
-                out[a + good[:, None], idx[good]] = inc[good]
-                todo = rows[~safe]
-            else:
-                todo = rows
+                vals = np.sort(np.partition(blk, k - width, axis=1)[:, k - width:], axis=1)[:, ::-1]
+                c = _set_length(vals, ub, method, k_reg, lam, float(q_arr))
+                ok = c < width  # the set ends inside the top `width` (the crossing class included)
+                v[ok] = _cut_value(vals[ok], c[ok])
+                todo = todo[~ok]
             if len(todo):
-                sub = blk[todo]
-                o = np.argsort(-sub, axis=1, kind="stable")
-                vals = np.take_along_axis(sub, o, axis=1)
-                s = _sorted_scores(vals, None if ub is None else ub[todo], method, k_reg, lam)
-                qs = q_arr[o] if q_arr.ndim else q_arr
-                out[a + todo[:, None], o] = s <= qs
+                vals = np.sort(blk[todo], axis=1)[:, ::-1]
+                c = _set_length(vals, None if ub is None else ub[todo], method, k_reg, lam, float(q_arr))
+                v[todo] = _cut_value(vals, c)
+            np.greater_equal(blk, v[:, None], out=out[a:b])
         return out
 
 
-def _max_outside(blk: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """Largest entry of each row of ``blk`` outside the columns ``top``."""
-    masked = blk.copy()
-    np.put_along_axis(masked, top, -np.inf, axis=1)
-    return masked.max(axis=1)
+def _lac_threshold(q: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The smallest value ``t`` of ``dtype`` with ``1 − float64(t) ≤ q`` (elementwise for per-class ``q``), so that
+    ``p >= t`` reproduces the calibration score's arithmetic exactly without a float64 copy of ``p``."""
+    dt = np.dtype(dtype)
+    t = np.atleast_1d(np.asarray(1.0 - q, dtype=dt)).copy()
+    for _ in range(64):  # a few ulps at most
+        ok = (1.0 - t.astype(np.float64)) <= q
+        lower = np.nextafter(t, np.asarray(-np.inf, dtype=dt))
+        lower_ok = (1.0 - lower.astype(np.float64)) <= q
+        if not ((~ok).any() or lower_ok.any()):
+            break
+        t = np.where(~ok, np.nextafter(t, np.asarray(np.inf, dtype=dt)), np.where(lower_ok, lower, t))
+    return t.reshape(q.shape)
+
+
+def _set_length(vals: np.ndarray, u: np.ndarray | None, method: str, k_reg: int, lam: float, q: float) -> np.ndarray:
+    """Number of leading classes in the set, per row of descending ``vals`` ``(m, M)``: up to the first whose score
+    exceeds ``q``; non-randomised sets also keep that crossing class (Romano et al.'s non-randomised APS, RAPS's
+    ``allow_zero_sets=False``), so they are never empty."""
+    s = np.cumsum(vals, axis=1, dtype=np.float64)
+    if u is not None:
+        s -= (1.0 - u)[:, None] * vals
+    if method == "raps":
+        s += lam * np.maximum(np.arange(1, vals.shape[1] + 1) - k_reg, 0)
+    m = vals.shape[1]
+
+    def first_over(sc: np.ndarray) -> np.ndarray:
+        over = sc > q
+        return np.where(over.any(axis=1), over.argmax(axis=1), m)
+
+    c = first_over(s)
+    tie = vals[:, 1:] == vals[:, :-1]
+    has = tie.any(axis=1)
+    if has.any():  # tied classes share the score of their group's first class: redo the rows a tie could change
+        fix = np.flatnonzero(has & (np.where(has, tie.argmax(axis=1), m) <= c))
+        if len(fix):
+            pos = np.broadcast_to(np.arange(m), (len(fix), m))
+            tf = np.zeros((len(fix), m), dtype=bool)
+            tf[:, 1:] = tie[fix]
+            start = np.maximum.accumulate(np.where(tf, 0, pos), axis=1)
+            c[fix] = first_over(np.take_along_axis(s[fix], start, axis=1))
+    if u is None:
+        c = np.minimum(c + 1, vals.shape[1])
+    return c
+
+
+def _cut_value(vals: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The smallest value kept (``vals[i, c_i − 1]``), or ``+inf`` for an empty set."""
+    v = np.full(len(c), np.inf, dtype=vals.dtype)
+    nz = c > 0
+    v[nz] = vals[np.flatnonzero(nz), c[nz] - 1]
+    return v
+
+
+def _sets_per_class(p: np.ndarray, q: np.ndarray, method: str, u: np.ndarray | None, k_reg: int,
+                    lam: float) -> np.ndarray:
+    """Class-conditional APS/RAPS: class ``j`` is in the set when its score is ≤ ``q_j`` (randomised), or when the
+    score of the class group ranked just above it is (non-randomised: the crossing class is kept)."""
+    n, k = p.shape
+    out = np.empty((n, k), dtype=bool)
+    for a in range(0, n, _BLOCK_ROWS):
+        b = min(n, a + _BLOCK_ROWS)
+        blk = p[a:b]
+        o = np.argsort(-blk, axis=1, kind="stable")
+        vals = np.take_along_axis(blk, o, axis=1)
+        s = _sorted_scores(vals, None if u is None else u[a:b], method, k_reg, lam)
+        if u is None:  # the score of the previous group (−inf for the top group), shared within a tie group
+            prev = np.concatenate([np.full((b - a, 1), -np.inf), s[:, :-1]], axis=1)
+            tie = np.zeros(vals.shape, dtype=bool)
+            tie[:, 1:] = vals[:, 1:] == vals[:, :-1]
+            start = np.maximum.accumulate(np.where(tie, 0, np.arange(k)), axis=1)
+            s = np.take_along_axis(prev, start, axis=1)
+        np.put_along_axis(out[a:b], o, s <= q[o], axis=1)
+    return out
 
 
 # ==================================================================================== set metrics
