@@ -22,7 +22,13 @@ statistic, not an interpolated quantile; ``(n+1)(1−α)`` is rounded to 9 decim
 order statistic of split conformal prediction; MAPIE ≥ 1.5 computes the same one (its old form
 ``np.quantile(s, (n+1)(1−α)/n, method="higher")`` returned one order statistic too high for many ``(n, α)``,
 the off-by-one of MAPIE PR #973: sets were conservative, never anti-conservative). Where the two libraries'
-definitions coincide (``lac``), the sets are identical; see ``benchmarks/conformal.py``.
+definitions coincide the sets are identical (``lac``; randomised ``aps`` given the same uniforms); see
+``benchmarks/conformal.py``.
+
+For ``aps``/``raps`` with ``randomized=False`` the set also keeps the class whose score first exceeds the
+threshold (Romano et al.'s non-randomised APS; RAPS without zero sets; MAPIE's ``include_last_label=True``), so it
+always holds the top class. It is a superset of ``{y : s(x, y) ≤ quantile_}``: coverage ≥ 1 − α, often well above
+(conservative). ``randomized=True`` gives coverage inside the band, at the price of occasional empty sets.
 
 ``class_conditional=True`` calibrates one threshold per class on that class's calibration samples
 (Mondrian conformal), which guarantees ``P(y ∈ C(x) | y = c) ≥ 1 − α`` for every class ``c`` at the price of
@@ -31,8 +37,9 @@ larger sets for hard classes.
 Ties: a class's rank is ``1 + #{classes with strictly larger probability}`` and the mass "above" it sums
 those classes only, so tied classes get equal scores and enter or leave a set together.
 
-Sets can be empty (``s(x, y) > quantile_`` for every ``y``): the input looks less typical than all but an
-α share of the calibration data. ``set_sizes`` counts them; the guarantee accounts for them.
+Sets can be empty (``lac``, or randomised ``aps``/``raps``: ``s(x, y) > quantile_`` for every ``y``): the input
+looks less typical than all but an α share of the calibration data. ``set_sizes`` counts them; the guarantee
+accounts for them.
 
 numpy only (no torch).
 """
@@ -181,7 +188,8 @@ class ConformalClassifier:
     alpha : miscoverage level in (0, 1): sets contain the true class for at least ``1 − alpha`` of inputs.
     class_conditional : one threshold per class (coverage ≥ 1 − α within every class).
     randomized : ``aps``/``raps`` only: draw ``u ~ U(0, 1)`` per sample so that coverage is exactly in the
-        finite-sample band (otherwise it is ≥ 1 − α and can be conservative). Ignored by ``lac``.
+        finite-sample band (otherwise sets keep the crossing class: never empty, coverage ≥ 1 − α and often
+        conservative). Ignored by ``lac`` (its scores are already continuous).
     seed : seeds ``u`` and RAPS's tuning split; sets are reproducible for a given seed and row order.
     k_reg, lam : RAPS's regularisation. ``"auto"`` (default) follows Angelopoulos et al. (2021, App. E):
         ``tune_fraction`` of the calibration data (seeded) is set aside; ``k_reg`` is the ⌈(m+1)(1−α)⌉-th
