@@ -5,7 +5,8 @@ Run ``PYTHONPATH=src .venv/bin/python benchmarks/conformal.py [--quick]``. Every
 1. Agreement on real predictions — the MNIST CNN of ``_mnist_cnn.py`` (t10k split in half: 5,000 calibration,
    5,000 test) and logistic regression on the bundled digits — at α = 0.1, for each method:
    * ``lac``: MAPIE's ``SplitConformalClassifier(conformity_score="lac", prefit=True)`` on the same probabilities.
-     Same score, same order statistic (MAPIE ≥ 1.5, after PR #973): identical sets expected.
+     Same score, same order statistic (MAPIE 1.6 uses ⌈(n+1)(1−α)⌉, the subject of its PR #973): identical
+     sets expected.
    * ``aps``: MAPIE always randomises its calibration scores (``cumsum − U·p_y``) and, by default
      (``include_last_label=True``), not its sets; ``include_last_label="randomized"`` randomises both. Our
      ``randomized=True`` is that second definition: with MAPIE's uniforms substituted (``u = 1 − U``) the sets are
