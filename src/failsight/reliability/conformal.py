@@ -53,6 +53,7 @@ import math
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from failsight._validate import (
     FailsightInputError,
@@ -181,8 +182,9 @@ def _sorted_scores(vals: np.ndarray, u: np.ndarray | None, method: str, k_reg: i
 # ==================================================================================== estimator
 
 
-class ConformalClassifier:
+class ConformalClassifier(BaseEstimator):
     """Split-conformal prediction sets from a classifier's probabilities or logits (see the module docstring).
+    A scikit-learn estimator (``get_params``/``set_params``/``clone``, pickles).
 
     Parameters
     ----------
@@ -223,24 +225,6 @@ class ConformalClassifier:
         self.lam = lam
         self.tune_fraction = tune_fraction
         self.input = input
-
-    # ------------------------------------------------------------------------------------- params
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor parameters (scikit-learn convention)."""
-        return {k: getattr(self, k) for k in ("method", "alpha", "class_conditional", "randomized", "seed",
-                                              "k_reg", "lam", "tune_fraction", "input")}
-
-    def set_params(self, **params: Any) -> ConformalClassifier:
-        """Set constructor parameters (scikit-learn convention)."""
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise FailsightInputError(f"unknown parameter {k!r}; known: {sorted(self.get_params())}.")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"ConformalClassifier({args})"
 
     def _check_params(self) -> tuple[str, float]:
         method = str(self.method).lower()
