@@ -56,6 +56,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from failsight._validate import (
+    PROB_SUM_ATOL,
     FailsightInputError,
     as_float_array,
     check_consistent_length,
@@ -63,6 +64,7 @@ from failsight._validate import (
     check_labels,
     check_probs,
     looks_like_probs,
+    to_numpy,
 )
 from failsight.types import Interval, Result
 
@@ -129,14 +131,40 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _read(x: Any, kind: str, name: str) -> np.ndarray:
-    """Validated probabilities ``(n, k)`` from probabilities or logits (float32 kept, 1-D = binary)."""
+    """Validated probabilities ``(n, k)`` from probabilities or logits (float32 kept, 1-D = binary).
+
+    A 2-D float array is checked in three passes (min, max, row sums) rather than the generic helpers' six: NaN
+    and ±inf show up in the min or max, and the same min/max/sums decide "auto" and validate probabilities with
+    the tolerance and messages of :func:`failsight._validate.check_probs`."""
     if kind not in ("auto", "probs", "logits"):
         raise FailsightInputError(f"input must be 'auto', 'probs' or 'logits', got {kind!r}.")
-    arr = as_float_array(x, name, ndim=(1, 2))
-    if kind == "auto":
-        kind = "probs" if looks_like_probs(arr) else "logits"
-    if kind == "probs":
-        return check_probs(arr, name=name)
+    arr = to_numpy(x, name)
+    if arr.ndim != 2 or arr.dtype not in (np.float32, np.float64) or arr.size == 0:
+        arr = as_float_array(arr, name, ndim=(1, 2))
+        if kind == "auto":
+            kind = "probs" if looks_like_probs(arr) else "logits"
+        if kind == "probs":
+            return check_probs(arr, name=name)
+    else:
+        mn, mx = float(arr.min()), float(arr.max())
+        if not (np.isfinite(mn) and np.isfinite(mx)):
+            bad = int((~np.isfinite(arr)).sum())
+            raise FailsightInputError(f"{name} contains {bad} NaN/inf value(s); remove or impute them before calling.")
+        if arr.shape[1] < 2:
+            raise FailsightInputError(f"{name} has {arr.shape[1]} column; need at least 2 classes.")
+        in_range = mn >= 0 and mx <= 1
+        if kind != "logits" and in_range:
+            dev = np.abs(arr.sum(axis=1, dtype=np.float64) - 1.0)
+            worst = float(dev.max())
+            if worst <= PROB_SUM_ATOL:
+                return arr
+            if kind == "probs":
+                i = int(dev.argmax())
+                raise FailsightInputError(
+                    f"rows of {name} must sum to 1 (tolerance {PROB_SUM_ATOL:g}); row {i} deviates by {worst:.6g}. "
+                    "Normalise with p / p.sum(axis=1, keepdims=True) or apply a softmax to logits.")
+        elif kind == "probs":
+            return check_probs(arr, name=name)  # raises with the values-outside-[0, 1] message
     if arr.ndim == 1:
         arr = np.stack([np.zeros_like(arr), arr], axis=1)
     if arr.shape[1] < 2:
@@ -272,8 +300,9 @@ class ConformalClassifier(BaseEstimator):
                         "(e.g. k_reg=1, lam=0.01).")
                 k_reg, lam = self._tune_raps(p[tune], y[tune], alpha, k_reg, lam)
             self.k_reg_, self.lam_ = int(k_reg), float(lam)
-        s = _true_label_scores(p[idx], y[idx], method, None if u is None else u[idx], self.k_reg_ or 0,
-                               self.lam_ or 0.0)
+        full = len(idx) == n  # no tuning split: score the array itself (a fancy-index copy costs more than the score)
+        s = _true_label_scores(p if full else p[idx], y if full else y[idx], method,
+                               None if u is None else u[idx], self.k_reg_ or 0, self.lam_ or 0.0)
         yc = y[idx]
         need = min_calibration_size(alpha)
         if self.class_conditional:
