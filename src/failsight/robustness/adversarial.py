@@ -175,8 +175,7 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | float, no
              hi: float) -> torch.Tensor:
     d = x_adv - x
     if norm == "linf":
-        d = torch.maximum(torch.minimum(d, torch.as_tensor(eps, device=d.device, dtype=d.dtype)),
-                          -torch.as_tensor(eps, device=d.device, dtype=d.dtype))
+        d = d.clamp(-float(eps), float(eps))
     else:
         n = _flat_norm(d)
         d = d * torch.clamp(eps / (n + 1e-12), max=1.0)
@@ -229,16 +228,25 @@ def _pgd(net: _Net, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, lo:
          step_size: float, start: torch.Tensor) -> torch.Tensor:
     """PGD on a batch, dropping samples from the working set once misclassified."""
     x_adv = _project(x + eps * start, x, eps, norm, lo, hi)
-    active = torch.arange(len(x), device=x.device)
+    active = None  # None: every sample still attacked (no gather/scatter until the first one breaks)
     for _ in range(steps):
-        xa, ya, xo = x_adv[active], y[active], x[active]
-        _, pred, g = _ce_grad(net, xa, ya)
-        keep = pred == ya  # misclassified already: that iterate is the adversarial example
-        if not bool(keep.all()):
-            active, xa, ya, xo, g = active[keep], xa[keep], ya[keep], xo[keep], g[keep]
-            if len(active) == 0:
-                return x_adv
-        x_adv[active] = _project(xa + step_size * _ascent(g, norm), xo, eps, norm, lo, hi)
+        if active is None:
+            _, pred, g = _ce_grad(net, x_adv, y)
+            keep = pred == y
+            if bool(keep.all()):
+                x_adv = _project(x_adv + step_size * _ascent(g, norm), x, eps, norm, lo, hi)
+                continue
+            active = keep.nonzero().squeeze(1)
+            g = g[keep]
+        else:
+            xa, ya = x_adv[active], y[active]
+            _, pred, g = _ce_grad(net, xa, ya)
+            keep = pred == ya  # misclassified already: that iterate is the adversarial example
+            if not bool(keep.all()):
+                active, g = active[keep], g[keep]
+        if len(active) == 0:
+            return x_adv
+        x_adv[active] = _project(x_adv[active] + step_size * _ascent(g, norm), x[active], eps, norm, lo, hi)
     return x_adv
 
 
