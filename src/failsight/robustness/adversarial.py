@@ -389,6 +389,7 @@ def _run_attack(net: _Net, xt: torch.Tensor, yt: torch.Tensor, m: str, nm: str, 
             pc = net.logits(xb).argmax(1)
         pred_clean[a:b] = pc.cpu()
         adv = xb.clone()
+        pred_b = pc.clone()  # predictions on adv, kept up to date (no extra forward pass at the end)
         todo = (pc == yb).nonzero().squeeze(1)
         if eps > 0 and len(todo):
             for r in range(restarts if m != "fgsm" else 1):
@@ -406,11 +407,11 @@ def _run_attack(net: _Net, xt: torch.Tensor, yt: torch.Tensor, m: str, nm: str, 
                 adv[todo] = cand
                 with torch.no_grad():
                     pa = net.logits(cand).argmax(1)
+                pred_b[todo] = pa
                 todo = todo[pa == ys]
                 if len(todo) == 0:
                     break
-        with torch.no_grad():
-            pred_adv[a:b] = net.logits(adv).argmax(1).cpu()
+        pred_adv[a:b] = pred_b.cpu()
         x_adv[a:b] = adv.detach().cpu().to(x_adv.dtype)
     return x_adv, pred_clean, pred_adv
 
