@@ -620,7 +620,7 @@ def audit(
     labels: Path | None = typer.Option(None, "--labels", show_default=False, metavar="labels.csv",
                                        help="Filled-in Defuse labels from a first audit: fine-tunes the model on the "
                                             "labelled regions and verifies the fix (needs --force to reuse --out)."),
-    steps: str = typer.Option(",".join(("reliability", "robustness", "defuse", "slices")), "--steps",
+    steps: str = typer.Option(",".join(("reliability", "robustness", "adversarial", "defuse", "slices")), "--steps",
                               help="Comma-separated steps to run."),
     max_risk: float = typer.Option(0.02, "--max-risk", help="Largest acceptable error rate on answered inputs."),
     severities: str = typer.Option("1,3,5", "--severities", help="Comma-separated shift severities in 1..5."),

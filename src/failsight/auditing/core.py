@@ -27,7 +27,7 @@ from failsight.types import Result, to_jsonable
 __all__ = ["AUDIT_STEPS", "AuditResult", "Finding", "StepStatus", "audit", "default_store"]
 
 #: Steps of an audit, in report order.
-AUDIT_STEPS = ("reliability", "robustness", "defuse", "slices")
+AUDIT_STEPS = ("reliability", "robustness", "adversarial", "defuse", "slices")
 REPORT_NAME = "report.html"
 RESULTS_NAME = "results.json"
 REGIONS_DIR = "regions"
@@ -77,6 +77,9 @@ class AuditResult(Result):
     ``model``: the adapter's description (kind, name, output, classes, fingerprint). ``data``: one summary per
     split given (source, size, shape, fingerprint). ``steps``: a :class:`StepStatus` per step, in order.
     ``findings``: ranked worst first. ``metrics``: flat ``"pillar.metric" -> value`` (what the run store keeps).
+    ``conformal``: prediction sets with a coverage guarantee (part of the reliability step, a
+    :class:`~failsight.reliability.ConformalAnalysis`); ``adversarial``: the robust-accuracy-vs-ε curve (a
+    :class:`~failsight.robustness.RobustAccuracyCurve`).
     ``reliability`` / ``robustness`` / ``defuse`` / ``slices`` / ``comparison``: the pillars' own results
     (``None`` when the step did not run; ``comparison`` compares against ``baseline``; ``defuse_check`` compares the
     Defuse-corrected model with the original slice by slice). The arrays behind them (test labels,
@@ -95,6 +98,8 @@ class AuditResult(Result):
     slices: Any = None
     comparison: Any = None
     defuse_check: Any = None
+    conformal: Any = None
+    adversarial: Any = None
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
     y_test: np.ndarray | None = dataclasses.field(default=None, repr=False, metadata={"exclude_json": True})
@@ -325,6 +330,8 @@ def audit(
     robustness_options: Mapping[str, Any] | None = None,
     defuse_options: Mapping[str, Any] | None = None,
     slices_options: Mapping[str, Any] | None = None,
+    conformal_options: Mapping[str, Any] | None = None,
+    adversarial_options: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     num_threads: int | str | None = "auto",
     progress: bool = True,
@@ -361,7 +368,12 @@ def audit(
         audit, a dict ``{region id: class or None}``, or a labeller ``labeler(regions, class_names)``.
     regions : the regions those labels were written for (a ``regions.npz`` from a first audit's output, or a
         region list), so ids match; default: the regions found in this run (same seed → same regions).
-    *_options : extra keyword arguments for each pillar's analysis function.
+    *_options : extra keyword arguments for each pillar's analysis function. ``conformal_options``: ``alpha``
+        (default 0.1), ``method`` (``"aps"``), ``randomized`` (True), ``class_conditional``, ``n_shift`` (test images
+        per shift for coverage under shift, default 500), ``k_reg``/``lam``. ``adversarial_options``: ``eps``
+        (default L∞ 0.01, 0.02, 0.05, 0.1), ``norm``, ``method`` (``"apgd-ce"``), ``steps`` (10), ``restarts``,
+        ``n`` (test images attacked, default 500), ``sanity_n`` (100), ``bounds`` ((0, 1)). Defaults keep the audit
+        cheap: a subset of the test images and few steps (the report says so).
     num_threads : torch/BLAS threads of this process during the audit; ``"auto"``: see
         :func:`failsight._threads.auto_threads` (the shift sweep's workers set their own).
     workers, backend, ray_address : where the robustness sweep runs (:mod:`failsight.engine`): ``workers``
@@ -383,7 +395,7 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
            steps: Any, seed: int, class_names: Any, max_risk: float, confidence: float, n_boot: int,
            calibrators: Any, shifts: Any, severities: Sequence[int], generator: Any, labels: Any, regions: Any,
            reliability_options: Any, robustness_options: Any, defuse_options: Any, slices_options: Any,
-           batch_size: int | None, progress: bool) -> AuditResult:
+           conformal_options: Any, adversarial_options: Any, batch_size: int | None, progress: bool) -> AuditResult:
     from failsight.models.adapters import as_model
 
     t0 = time.perf_counter()
@@ -443,7 +455,7 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
     groups_all = _merge_groups(test_d, groups, y_test, names)  # checked before any long step
 
     # reliability ---------------------------------------------------------------------------------------
-    rel = None
+    rel = conf = adv = None
     margins = bool(getattr(adapter, "margins", False))
     if "reliability" in steps and margins and cal_d is None:
         status["reliability"] = StepStatus("reliability", "skipped", reason=(
@@ -459,6 +471,7 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
               "max_risk": max_risk, "confidence": confidence, "n_boot": n_boot, "calibrators": calibrators,
               "seed": seed, **dict(reliability_options or {})}
         rel = analyze(y_test, out_test, **kw)
+        conf = _run_conformal(y_test, out_test, cal_d, out_cal, groups_all, seed, confidence, conformal_options, notes)
         status["reliability"] = StepStatus("reliability", "ran", time.perf_counter() - t)
         if cal_d is None:
             notes.append("No calibration split: calibrators were not fitted and the risk threshold was chosen on "
@@ -493,6 +506,23 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
             rob = analyze_robustness(net if net is not None else _Callable(adapter, batch_size), test_d.x, y_test,
                                      **kw)
             status["robustness"] = StepStatus("robustness", "ran", time.perf_counter() - t)
+    if conf is not None:  # coverage of the calibrated sets under each shift: where the guarantee breaks
+        t = time.perf_counter()
+        conf = _conformal_under_shift(conf, adapter, test_d, rob, shifts, severities, seed, batch_size,
+                                      conformal_options)
+        if "reliability" in status:
+            s_ = status["reliability"]
+            status["reliability"] = dataclasses.replace(s_, seconds=s_.seconds + time.perf_counter() - t)
+
+    # adversarial ---------------------------------------------------------------------------------------
+    if "adversarial" in steps:
+        reason = _adversarial_blocker(adapter, test_d)
+        if reason:
+            status["adversarial"] = StepStatus("adversarial", "skipped", reason=reason)
+        else:
+            t = time.perf_counter()
+            adv = _run_adversarial(adapter, test_d, seed, adversarial_options, notes)
+            status["adversarial"] = StepStatus("adversarial", "ran", time.perf_counter() - t)
 
     # defuse ---------------------------------------------------------------------------------------------
     dfs = regs = gen = fixed = check = None
@@ -532,7 +562,7 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
         config["baseline"] = base.describe()
     partial = AuditResult(model=adapter.describe(), data=data, config=config, steps=steps_out, findings=(),
                           metrics={}, reliability=rel, robustness=rob, defuse=dfs, slices=sl, comparison=cmp,
-                          defuse_check=check)
+                          defuse_check=check, conformal=conf, adversarial=adv)
     from failsight.auditing.findings import collect_findings, collect_metrics
 
     return dataclasses.replace(
@@ -622,3 +652,93 @@ def _run_defuse(adapter: Any, test_d: Any, cal_d: Any, train_d: Any, names: Any,
         fixed, correction = d.correct(regs, given, train_d.x, train_d.y, x_val=seeds.x, y_val=seeds.y,
                                       x_test=test_d.x, y_test=test_d.y, **dict(options.get("correct", {})))
     return d.result(found, regs, given, correction), regs, d.generator, fixed
+
+
+# ==================================================================================== conformal and adversarial
+
+_CONFORMAL_KEYS = ("alpha", "method", "randomized", "class_conditional", "k_reg", "lam", "tune_fraction", "n_shift")
+_ADVERSARIAL_KEYS = ("eps", "norm", "method", "steps", "restarts", "step_size", "n", "sanity", "sanity_n", "bounds",
+                     "batch_size", "large_eps")
+
+
+def _run_conformal(y_test: np.ndarray, out_test: np.ndarray, cal_d: Any, out_cal: Any, groups: dict[str, np.ndarray],
+                   seed: int, confidence: float, options: Any, notes: list[str]) -> Any:
+    """Conformal prediction sets calibrated on the calibration split (else on a seeded half of the test split),
+    evaluated on the test split, per slice (every slicing of the slices step)."""
+    from failsight.reliability.conformal import conformal_analysis
+
+    opts = dict(options or {})
+    unknown = set(opts) - set(_CONFORMAL_KEYS)
+    if unknown:
+        raise FailsightInputError(f"unknown conformal option(s) {sorted(unknown)}; known: {_CONFORMAL_KEYS}.")
+    opts.pop("n_shift", None)
+    kw = {"method": "aps", "alpha": 0.1, "randomized": True, **opts}
+    if cal_d is not None:
+        y_cal, s_cal, y_t, s_t, g = cal_d.y, out_cal, y_test, out_test, groups
+    else:
+        perm = np.random.default_rng([seed, 16]).permutation(len(y_test))
+        half = len(y_test) // 2
+        ci, ti = np.sort(perm[:half]), np.sort(perm[half:])
+        y_cal, s_cal, y_t, s_t = y_test[ci], out_test[ci], y_test[ti], out_test[ti]
+        g = {k: v[ti] for k, v in groups.items()}
+        notes.append(f"Conformal sets: no calibration split, so they were calibrated on a random half of the test "
+                     f"split ({half} samples) and evaluated on the other half; pass calibration= to use all of it.")
+    try:
+        return conformal_analysis(y_cal, s_cal, y_t, s_t, groups=g, seed=seed, confidence=confidence, **kw)
+    except FailsightInputError as exc:
+        notes.append(f"Conformal sets left out: {exc}")
+        return None
+
+
+def _conformal_under_shift(conf: Any, adapter: Any, test_d: Any, rob: Any, shifts: Any, severities: Any, seed: int,
+                           batch_size: int | None, options: Any) -> Any:
+    """Coverage and mean set size of the calibrated sets on shifted test images (the shifts the robustness step
+    evaluated, at each severity; a seeded subset of ``n_shift`` test images)."""
+    if rob is None or _robustness_blocker(test_d) is not None:
+        return conf
+    from failsight.reliability.conformal import ConformalClassifier
+    from failsight.robustness.shifts import corrupt
+
+    opts = dict(options or {})
+    n_shift = check_int(opts.pop("n_shift", 500), "n_shift")
+    cc = ConformalClassifier(conf.method, conf.alpha, class_conditional=conf.class_conditional,
+                             randomized=opts.get("randomized", True), seed=seed)
+    cc.quantile_, cc.n_classes_ = conf.quantile, len(conf.class_coverage)
+    cc.k_reg_, cc.lam_ = conf.k_reg, conf.lam
+    idx = np.sort(np.random.default_rng([seed, 17]).permutation(len(test_d.y))[:n_shift])
+    x, y = test_d.x[idx], test_d.y[idx]
+    sev = tuple(rob.severities) if getattr(rob, "severities", None) else tuple(severities)
+    out: dict[str, tuple[float, float]] = {}
+    for name in rob.shifts:
+        for s in sev:
+            xs = corrupt(x, name, int(s), seed=seed)
+            sets = cc.predict_sets(adapter.predict(xs, batch_size=batch_size))
+            out[f"{name} s{s}"] = (float(sets[np.arange(len(y)), y].mean()), float(sets.sum(axis=1).mean()))
+    return dataclasses.replace(conf, shift_coverage=out)
+
+
+def _adversarial_blocker(adapter: Any, test_d: Any) -> str | None:
+    if _torch_module(adapter) is None:
+        return (f"attacks need input gradients, and this is a {adapter.kind} model; wrap it as a torch nn.Module "
+                "(or TorchScript module) to measure its worst case.")
+    if test_d.kind != "images":
+        return "the adversarial step attacks images (n, C, H, W) in [0, 1]; the test inputs are features."
+    return None
+
+
+def _run_adversarial(adapter: Any, test_d: Any, seed: int, options: Any, notes: list[str]) -> Any:
+    """The robust-accuracy curve on a seeded subset of the test images (cheap defaults, see :func:`audit`)."""
+    from failsight.robustness.adversarial import robust_accuracy
+
+    opts = dict(options or {})
+    unknown = set(opts) - set(_ADVERSARIAL_KEYS)
+    if unknown:
+        raise FailsightInputError(f"unknown adversarial option(s) {sorted(unknown)}; known: {_ADVERSARIAL_KEYS}.")
+    n = check_int(opts.pop("n", 500), "n")
+    kw = {"eps": (0.01, 0.02, 0.05, 0.1), "method": "apgd-ce", "norm": "linf", "steps": 10, "sanity_n": 100, **opts}
+    idx = np.sort(np.random.default_rng([seed, 18]).permutation(len(test_d.y))[:n])
+    if len(idx) < len(test_d.y):
+        notes.append(f"Adversarial: {len(idx)} of {len(test_d.y)} test images attacked ({kw['method']}, "
+                     f"{kw['steps']} steps) to keep the audit quick; adversarial_options={{'n': ..., 'steps': ...}} "
+                     "for a stronger, fuller evaluation.")
+    return robust_accuracy(adapter.model, test_d.x[idx], test_d.y[idx], seed=seed, warn=False, **kw)

@@ -12,6 +12,12 @@ different pillars can be ranked on one scale (worst first). The rules:
   so a 100%-error region weighs like a 15-point drop;
 * slices: the worst slice's gap to overall; a slice that regressed significantly against the baseline (or
   after a Defuse fix) by 1.5 × its drop, since it is the failure an aggregate number hides.
+* conformal sets (reliability): the coverage shortfall below the promised 1 − α — overall (only when even the
+  interval's upper end falls short), on the worst slice (same rule), and under the worst shift (the shortfall
+  itself: the guarantee does not hold off the calibration distribution);
+* adversarial: 0.3 × the accuracy drop averaged over the ε curve (worst-case inputs are rare unless someone
+  attacks, so a 100-point collapse weighs like a 30-point shift drop); 0.05 for each failed sanity check (the
+  curve is then not a trustworthy bound).
 
 A finding that reports a fix the audit applied (the calibrated ECE, the Defuse fine-tune's before/after) is
 marked ``fix``: it is never dropped and :meth:`AuditResult.summary` shows it whatever its rank, while its
@@ -176,13 +182,61 @@ def _slices(s: Any, cmp: Any, check: Any) -> list[Finding]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ conformal, adversarial
+
+
+def _conformal(c: Any) -> list[Finding]:
+    target = 1 - c.alpha
+    lo, hi = c.coverage_ci.low, c.coverage_ci.high
+    out = [Finding("reliability", max(0.0, target - hi),
+                   f"prediction sets ({c.method}, α = {c.alpha:g}) hold the true class for {c.coverage:.1%} "
+                   f"[{lo:.1%}, {hi:.1%}] of test inputs (promised ≥ {target:.0%}) with {c.mean_size:.2f} classes on "
+                   f"average, {c.singleton_rate:.0%} of them a single class")]
+    if c.slices is not None:
+        for name, w in c.slices.worst.items():
+            if w is None or w.ci is None or w.ci.high >= target:
+                continue
+            out.append(Finding("reliability", target - w.value,
+                               f"prediction sets under-cover {name} {w.slice}: {w.value:.0%} [{w.ci.low:.0%}, "
+                               f"{w.ci.high:.0%}] vs {target:.0%} promised (n={w.n}); class-conditional sets "
+                               "(conformal_options={'class_conditional': True}) guarantee it per class"))
+    if c.shift_coverage:
+        name, (cov, size) = min(c.shift_coverage.items(), key=lambda kv: kv[1][0])
+        if cov < target:
+            out.append(Finding("reliability", target - cov,
+                               f"under {name} the {target:.0%} prediction sets cover only {cov:.0%} of inputs "
+                               f"(mean size {size:.2f}): the guarantee holds only for data like the calibration split"))
+    return out
+
+
+def _adversarial(a: Any) -> list[Finding]:
+    drops = [a.clean_accuracy - v for e, v in zip(a.eps, a.accuracy, strict=True) if e > 0]
+    sev = 0.3 * (sum(drops) / len(drops)) if drops else 0.0
+    e, acc = a.worst
+    ci = a.ci[-1]
+    nm = "L∞" if a.norm == "linf" else "L2"
+    out = [Finding("adversarial", sev,
+                   f"worst case: {a.method.upper()} ({nm}, {a.steps} steps) at ε = {e:g} leaves {acc:.0%} "
+                   f"[{ci.low:.0%}, {ci.high:.0%}] accuracy (clean {a.clean_accuracy:.0%}, n={a.n})")]
+    broken = [(x, v) for x, v in zip(a.eps, a.accuracy, strict=True) if x > 0 and v < a.clean_accuracy / 2]
+    if broken and broken[0][0] != e:
+        out[0] = Finding("adversarial", sev, out[0].text + f"; accuracy halves already at ε = {broken[0][0]:g}")
+    for w in a.warnings:
+        out.append(Finding("adversarial", 0.05, "adversarial evaluation unreliable: " + w.split(":")[0]))
+    return out
+
+
 def collect_findings(result: AuditResult) -> list[Finding]:
     """Findings of every step that ran, most severe first (see the module docstring for the rules)."""
     groups: list[list[Finding]] = []
     if result.reliability is not None:
         groups.append(_reliability(result.reliability, margins=bool(result.model.get("margins"))))
+    if getattr(result, "conformal", None) is not None:
+        groups.append(_conformal(result.conformal))
     if result.robustness is not None:
         groups.append(_robustness(result.robustness))
+    if getattr(result, "adversarial", None) is not None:
+        groups.append(_adversarial(result.adversarial))
     if result.defuse is not None:
         groups.append(_defuse(result.defuse))
     if result.slices is not None:
@@ -261,6 +315,18 @@ def collect_metrics(result: AuditResult) -> dict[str, float | None]:
         m["slices.overall_accuracy"] = _finite(s.overall)
         for name, worst in s.worst.items():
             m[f"slices.worst_accuracy.{name}"] = None if worst is None else _finite(worst.value)
+    cf = getattr(result, "conformal", None)
+    if cf is not None:
+        m["reliability.conformal_coverage"] = _finite(cf.coverage)
+        m["reliability.conformal_mean_size"] = _finite(cf.mean_size)
+        if cf.shift_coverage:
+            m["reliability.conformal_worst_shift_coverage"] = _finite(min(v[0] for v in cf.shift_coverage.values()))
+    adv = getattr(result, "adversarial", None)
+    if adv is not None:
+        m["adversarial.clean_accuracy"] = _finite(adv.clean_accuracy)
+        for e, v in zip(adv.eps, adv.accuracy, strict=True):
+            m[f"adversarial.robust_accuracy.eps_{e:g}"] = _finite(v)
+        m["adversarial.sanity_warnings"] = float(len(adv.warnings))
     if result.comparison is not None:
         c = result.comparison
         m["comparison.delta"] = _finite(c.overall.delta)

@@ -11,8 +11,10 @@ from failsight.report.html import Report, Section, fmt_num
 __all__ = ["audit_report", "summary_section"]
 
 _TITLES = {"reliability": "Reliability", "robustness": "Robustness under shift",
+           "adversarial": "Worst-case (adversarial) robustness",
            "defuse": "Defuse: errors beyond the test set", "slices": "Per-slice results"}
-_TONE = {"reliability": "reliability", "robustness": "robustness", "defuse": "defuse", "slices": "slices"}
+_TONE = {"reliability": "reliability", "robustness": "robustness", "defuse": "defuse", "slices": "slices",
+         "adversarial": "adversarial"}
 
 
 def summary_section(res: AuditResult, n: int = 5) -> Section:
@@ -29,6 +31,12 @@ def summary_section(res: AuditResult, n: int = 5) -> Section:
         sec.key("ECE", fmt_num(m["reliability.ece"], 3), tone=tone)
     if m.get("robustness.worst_shift_accuracy") is not None:
         sec.key("worst shift accuracy", fmt_num(m["robustness.worst_shift_accuracy"], 3, pct=True))
+    if res.conformal is not None:
+        sec.key(f"{1 - res.conformal.alpha:.0%} set coverage", fmt_num(res.conformal.coverage, 3, pct=True),
+                hint=f"mean size {res.conformal.mean_size:.2f}")
+    if res.adversarial is not None:
+        e, a = res.adversarial.worst
+        sec.key(f"robust accuracy ε={e:g}", fmt_num(a, 3, pct=True), tone="bad" if a < 0.5 else "neutral")
     if m.get("defuse.n_regions") is not None:
         sec.key("Defuse regions", f"{int(m['defuse.n_regions'])}")
     items = Markup("").join(
@@ -93,10 +101,21 @@ def audit_report(res: AuditResult, *, title: str | None = None, labeler_note: st
             continue
         if s.step == "reliability":
             report.add(reliability_section(res.reliability))
+            if res.conformal is not None:
+                from failsight.report.conformal import conformal_section
+
+                report.add(conformal_section(res.conformal, _class_names(res)))
         elif s.step == "robustness":
             from failsight.robustness.report import robustness_section
 
             report.add(robustness_section(res.robustness))
+        elif s.step == "adversarial":
+            from failsight.report.adversarial import adversarial_section
+
+            sec = adversarial_section(res.adversarial, _class_names(res))
+            sec.note("Kept cheap by default: a subset of the test images and few attack steps "
+                     "(adversarial_options={'n': ..., 'steps': ..., 'restarts': ...} for a fuller evaluation).")
+            report.add(sec)
         elif s.step == "defuse":
             from failsight.defuse.report import defuse_section
 
@@ -112,6 +131,11 @@ def audit_report(res: AuditResult, *, title: str | None = None, labeler_note: st
             if res.defuse_check is not None:
                 report.add(_defuse_check_section(res))
     return report
+
+
+def _class_names(res: AuditResult) -> list[str] | None:
+    names = res.data.get("test", {}).get("class_names") or None
+    return list(names) if names else None
 
 
 def _defuse_check_section(res: AuditResult) -> Section:

@@ -1,4 +1,5 @@
-"""Reliability pillar: confidence scores, calibration metrics, post-hoc calibrators, selective prediction.
+"""Reliability pillar: confidence scores, calibration metrics, post-hoc calibrators, selective prediction,
+conformal prediction sets.
 
 numpy/scipy/scikit-learn only: importing this package never imports torch.
 
@@ -19,6 +20,13 @@ from failsight.reliability.calibrators import (
     VectorScaling,
 )
 from failsight.reliability.compare import CalibratorComparison, compare_calibrators
+from failsight.reliability.conformal import (
+    ConformalAnalysis,
+    ConformalClassifier,
+    conformal_analysis,
+    coverage,
+    set_sizes,
+)
 from failsight.reliability.metrics import (
     CalibrationError,
     ReliabilityDiagram,
@@ -58,6 +66,8 @@ __all__ = [
     "BetaCalibration",
     "CalibrationError",
     "CalibratorComparison",
+    "ConformalAnalysis",
+    "ConformalClassifier",
     "DirichletCalibration",
     "HistogramBinning",
     "IsotonicCalibration",
@@ -78,6 +88,8 @@ __all__ = [
     "calibration_error",
     "compare_calibrators",
     "confidence_score",
+    "conformal_analysis",
+    "coverage",
     "doctor",
     "eaurc",
     "ece",
@@ -93,4 +105,5 @@ __all__ = [
     "reliability_diagram",
     "risk_coverage",
     "select_threshold",
+    "set_sizes",
 ]

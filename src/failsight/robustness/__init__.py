@@ -1,6 +1,13 @@
 """Robustness pillar: image corruptions and cue shifts with severities, accuracy and calibration under
-each, shift detection from unlabelled data, label shift (BBSE) and OOD detection. Uses torch."""
+each, shift detection from unlabelled data, label shift (BBSE), OOD detection, and worst-case (adversarial)
+robustness: FGSM/PGD/APGD-CE attacks and the robust-accuracy-vs-ε curve. Uses torch."""
 
+from failsight.robustness.adversarial import (
+    AttackResult,
+    RobustAccuracyCurve,
+    attack,
+    robust_accuracy,
+)
 from failsight.robustness.analysis import RobustnessAnalysis, analyze_robustness
 from failsight.robustness.detect import ShiftTest, detect_shift
 from failsight.robustness.evaluate import RobustnessResult, RobustnessRow, evaluate
@@ -10,14 +17,17 @@ from failsight.robustness.ood import Mahalanobis, OODMetrics, ood_metrics, ood_s
 from failsight.robustness.shifts import corrupt, list_shifts, register_shift
 
 __all__ = [
+    "AttackResult",
     "BBSEResult",
     "Mahalanobis",
     "OODMetrics",
+    "RobustAccuracyCurve",
     "RobustnessAnalysis",
     "RobustnessResult",
     "RobustnessRow",
     "ShiftTest",
     "analyze_robustness",
+    "attack",
     "bbse_estimate",
     "corrupt",
     "detect_shift",
@@ -31,4 +41,5 @@ __all__ = [
     "register_shift",
     "resample_to_priors",
     "reweight_probs",
+    "robust_accuracy",
 ]

@@ -55,7 +55,7 @@ VERDICTS = ("improved", "regressed", "no significant change", "too small")
 #: Default minimum slice size: smaller slices are reported and flagged, but get no interval or test.
 DEFAULT_MIN_SIZE = 20
 
-_NAMED_METRICS = {"accuracy": True, "error": False}  # name -> greater is better
+_NAMED_METRICS = {"accuracy": True, "error": False, "coverage": True}  # name -> greater is better
 
 
 # ============================================================================ evaluate
@@ -168,6 +168,20 @@ def _callable_values(metric: Callable[..., Any], y: np.ndarray, yp: np.ndarray, 
     return val, low, high
 
 
+def _set_coverage(y_true: Any, sets: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(y (n,), covered (n,) bool)`` for prediction sets ``(n, k)`` (the ``"coverage"`` metric)."""
+    s = to_numpy(sets, "y_pred")
+    if s.ndim != 2 or not (s.dtype == bool or np.isin(s, (0, 1)).all()):
+        raise FailsightInputError(
+            f"metric='coverage' needs prediction sets as y_pred: a boolean (n, k) array, got shape {s.shape} and "
+            f"dtype {s.dtype}. Build them with failsight.reliability.ConformalClassifier(...).predict_sets(probs)."
+        )
+    y = check_labels(y_true, n_classes=s.shape[1], name="y_true")
+    if len(y) != len(s):
+        raise FailsightInputError(f"y_pred has {len(s)} sets but y_true has {len(y)} labels; they must match.")
+    return y, s.astype(bool, copy=False)[np.arange(len(y)), y]
+
+
 def evaluate(
     y_true: Any,
     y_pred: Any,
@@ -189,7 +203,10 @@ def evaluate(
     y_pred : predicted labels ``(n,)`` or probabilities ``(n, k)`` (argmax taken for accuracy/error;
         a callable ``metric`` receives the array as given, sliced by rows).
     groups : ``(n,)`` group labels (int, str or bool), or a dict ``{name: (n,) labels}``.
-    metric : ``"accuracy"``, ``"error"`` or a callable ``metric(y_true, y_pred) -> float``.
+    metric : ``"accuracy"``, ``"error"``, ``"coverage"`` or a callable ``metric(y_true, y_pred) -> float``.
+        ``"coverage"`` takes prediction sets as ``y_pred``: bool ``(n, k)``, ``y_pred[i, j]`` = class ``j`` is in
+        the set of sample ``i`` (e.g. :meth:`failsight.reliability.ConformalClassifier.predict_sets`); its
+        value per slice is the share of samples whose true class is in their set (binomial intervals apply).
     ci : confidence level of the intervals.
     method : ``"wilson"`` or ``"clopper-pearson"`` (alias ``"exact"``) for accuracy/error, or
         ``"bootstrap"`` (percentile, ``n_boot`` replicates, seeded). Default: Wilson for accuracy/error,
@@ -223,12 +240,13 @@ def evaluate(
         key = str(metric).lower()
         if key not in _NAMED_METRICS:
             raise FailsightInputError(
-                f"unknown metric {metric!r}; use 'accuracy', 'error' or a callable metric(y_true, y_pred)."
+                f"unknown metric {metric!r}; use 'accuracy', 'error', 'coverage' or a callable "
+                "metric(y_true, y_pred)."
             )
         metric_name = key
         gib = _NAMED_METRICS[key]
         method = "wilson" if method is None else normalise_method(method)
-        y_arr, correct = correctness(y_true, y_pred)
+        y_arr, correct = _set_coverage(y_true, y_pred) if key == "coverage" else correctness(y_true, y_pred)
         yp_arr = y_arr
         n = len(y_arr)
 
