@@ -125,7 +125,7 @@ def prepare(dataset: str, n_null: int, per_condition: int, n_label: int, seed: i
         windows_y.append(pool_y[idx])
         meta.append(("none", "none", 0, "tune" if i % 2 == 0 else "held_out"))
     for j, a in enumerate(LABEL_ALPHAS):
-        for i in range(n_label):
+        for _ in range(n_label):
             idx = resample_to_priors(pool_y, dirichlet_alpha=a, n=WINDOW, replace=True,
                                      seed=int(rng.integers(2**31)))
             windows_p.append(probs(draw(pool_x[idx])))

@@ -49,8 +49,8 @@ from failsight._validate import FailsightInputError, check_fraction
 from failsight.types import Result
 
 __all__ = [
-    "ESTIMATORS",
     "ATC",
+    "ESTIMATORS",
     "AccuracyEstimate",
     "AccuracyEstimator",
     "CalibratedConfidence",
@@ -64,13 +64,15 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class AccuracyEstimate(Result):
     """Estimated accuracy of one window by one estimator: ``value`` in [0, 1] and the interval
-    ``[low, high]`` at ``level``."""
+    ``[low, high]`` at ``level``; ``se`` is the standard error of the sampling part (without the shift
+    slack), which the monitor's accuracy alert uses."""
 
     estimator: str
     value: float
     low: float
     high: float
     level: float
+    se: float = float("nan")
 
     def covers(self, accuracy: float) -> bool:
         """Whether the interval contains ``accuracy``."""
@@ -183,9 +185,9 @@ class AccuracyEstimator:
         if not math.isfinite(value):
             return AccuracyEstimate(self.name, value, float("nan"), float("nan"), level)
         q = f.cal_conf
-        sampling = float(np.sum(q * (1.0 - q))) / len(f) ** 2
-        half = _z(level) * math.sqrt(sampling + self.reference_var_) + self.shift_slack * max(0.0, shift_signal)
-        return AccuracyEstimate(self.name, value, max(0.0, value - half), min(1.0, value + half), level)
+        se = math.sqrt(float(np.sum(q * (1.0 - q))) / len(f) ** 2 + self.reference_var_)
+        half = _z(level) * se + self.shift_slack * max(0.0, shift_signal)
+        return AccuracyEstimate(self.name, value, max(0.0, value - half), min(1.0, value + half), level, se)
 
 
 class MeanConfidence(AccuracyEstimator):
