@@ -16,40 +16,25 @@ numpy core: given probabilities it never imports torch (the model adapter is use
 The HTML page is :func:`failsight.monitor.report.monitor_report`; the CLI ``failsight monitor``.
 """
 
-from failsight.monitor.core import (
-    DEFAULT_ESTIMATOR,
-    MIN_WINDOW,
-    Alert,
-    Drift,
-    Monitor,
-    MonitorConfig,
-    SelectiveWindow,
-    WindowResult,
-)
-from failsight.monitor.estimators import (
-    ATC,
-    ESTIMATORS,
-    AccuracyEstimate,
-    AccuracyEstimator,
-    CalibratedConfidence,
-    DoC,
-    MeanConfidence,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ATC",
-    "DEFAULT_ESTIMATOR",
-    "ESTIMATORS",
-    "MIN_WINDOW",
-    "AccuracyEstimate",
-    "AccuracyEstimator",
-    "Alert",
-    "CalibratedConfidence",
-    "DoC",
-    "Drift",
-    "MeanConfidence",
-    "Monitor",
-    "MonitorConfig",
-    "SelectiveWindow",
-    "WindowResult",
-]
+from typing import Any
+
+_CORE = ("DEFAULT_ESTIMATOR", "MIN_WINDOW", "Alert", "Drift", "Monitor", "MonitorConfig", "SelectiveWindow",
+         "WindowResult")
+_ESTIMATORS = ("ATC", "ESTIMATORS", "AccuracyEstimate", "AccuracyEstimator", "CalibratedConfidence", "DoC",
+               "MeanConfidence")
+
+__all__ = sorted(_CORE + _ESTIMATORS)
+
+
+def __getattr__(name: str) -> Any:  # lazy: `failsight monitor --help` stays fast
+    if name in _CORE:
+        from failsight.monitor import core
+
+        return getattr(core, name)
+    if name in _ESTIMATORS:
+        from failsight.monitor import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'failsight.monitor' has no attribute {name!r}")

@@ -623,6 +623,14 @@ class Monitor:
 
     # ---------------------------------------------------------------------------------------- reading
 
+    def report(self, created: str | None = None) -> Any:
+        """The monitor's HTML report (:class:`~failsight.report.Report`; ``.write(path)`` writes it)."""
+        from failsight.monitor.report import monitor_report
+
+        return monitor_report(self.windows, self.config, name=self.name, reference_accuracy=self.reference_accuracy,
+                              n_reference=len(self.reference_y), model_name=self.model_name,
+                              fingerprint=self.fingerprint, created=created)
+
     def history(self) -> list[WindowResult]:
         """All recorded windows, oldest first."""
         return list(self.windows)
