@@ -11,9 +11,11 @@ scored:
   windows per condition);
 * label shift: class priors drawn from Dirichlet(alpha), alpha in {10, 1, 0.3}.
 
-Digits has only 1,797 images, so its windows draw pool images with replacement and add fresh N(0, 0.02^2)
-sensor noise (the reference too), as ``benchmarks/shift_detection.py`` does: every draw is a distinct image
-and reference and windows are i.i.d. from the same distribution under no shift.
+Digits has only 1,797 images, so the reference (1,000) and the windows draw held-out images (calibration +
+test split, 1,078) with replacement and add fresh N(0, 0.02^2) sensor noise, as
+``benchmarks/shift_detection.py`` does: every draw is a distinct image and reference and windows are i.i.d.
+from the same distribution under no shift. On MNIST the reference is 3,000 random test images and the windows
+draw from the other 7,000.
 
 Per estimator it prints the mean absolute error (points of accuracy) of estimated vs true accuracy over all
 shifted windows and per shift family, the coverage of the 90% intervals, and the false-alarm rate; NannyML's
@@ -101,9 +103,11 @@ def prepare(dataset: str, n_null: int, per_condition: int, n_label: int, seed: i
         s = split_digits(seed=seed, cal_size=0.25, test_size=0.35)
         model = SmallCNN(seed=seed)
         train_classifier(model, s.x_train, s.y_train, epochs=30, seed=seed, progress=False, num_threads=2)
-        pool_x, pool_y = s.x_test, s.y_test
-        ref_idx = rng.integers(0, len(s.y_cal), 2 * len(s.y_cal))  # jittered draws: 2 per calibration image
-        ref_x, ref_y = s.x_cal[ref_idx], s.y_cal[ref_idx]
+        # one in-distribution pool (the held-out images); reference and windows are jittered draws from it,
+        # so both are i.i.d. from the same distribution under no shift
+        pool_x, pool_y = np.concatenate([s.x_cal, s.x_test]), np.concatenate([s.y_cal, s.y_test])
+        ref_idx = rng.integers(0, len(pool_y), 1000)
+        ref_x, ref_y = pool_x[ref_idx], pool_y[ref_idx]
         jitter = JITTER
 
     def draw(x: np.ndarray) -> np.ndarray:
@@ -167,6 +171,169 @@ def load_or_prepare(dataset: str, cache: Path, args: argparse.Namespace) -> dict
     return data
 
 
+# --------------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------------
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    from scipy import stats
+
+    a = (1 - level) / 2
+    lo = stats.beta.ppf(a, k, n - k + 1) if k > 0 else 0.0
+    hi = stats.beta.ppf(1 - a, k + 1, n - k) if k < n else 1.0
+    return float(lo), float(hi)
+
+
+def score_windows(dataset: str, data: dict, max_risk: float) -> dict:
+    """Run the monitor on every window (``evaluate``: nothing recorded, memory flat). Returns per-window
+    arrays: true accuracy, per estimator value / se, the shift signal, alert flags per rule."""
+    from failsight.monitor import ESTIMATORS, Monitor
+
+    t0 = time.perf_counter()
+    mon = Monitor(reference=(data["ref_probs"].astype(np.float64), data["ref_y"]), max_risk=max_risk, alpha=ALPHA,
+                  level=LEVEL)
+    setup_s = time.perf_counter() - t0
+    names = list(ESTIMATORS)
+    n = len(data["y"])
+    out = {"true": np.empty(n), "signal": np.empty(n), "value": np.empty((n, len(names))),
+           "se": np.empty((n, len(names))), "alert": np.zeros(n, bool),
+           "rules": {r: np.zeros(n, bool) for r in ("accuracy", "drift", "coverage", "selective_risk")}}
+    t0 = time.perf_counter()
+    for i in range(n):
+        p = data["probs"][i].astype(np.float64)
+        w = mon.evaluate(probs=p / p.sum(axis=1, keepdims=True), window_id=i + 1)
+        out["true"][i] = float((p.argmax(axis=1) == data["y"][i]).mean())
+        out["signal"][i] = w.shift_signal
+        for j, name in enumerate(names):
+            out["value"][i, j] = w.estimated_accuracy[name].value
+            out["se"][i, j] = w.estimated_accuracy[name].se
+        out["alert"][i] = bool(w.alerts)
+        for a in w.alerts:
+            out["rules"][a.rule][i] = True
+    out["seconds_per_window"] = (time.perf_counter() - t0) / n
+    out["setup_s"] = setup_s
+    out["names"] = names
+    out["calibrator"] = mon.calibrator_name
+    out["reference_accuracy"] = mon.reference_accuracy
+    out["default_slack"] = np.array([mon.estimators[nm].shift_slack for nm in names])
+    return out
+
+
+def cbpe_estimates(data: dict, path: str | None) -> np.ndarray | None:
+    """NannyML CBPE's accuracy estimate per window (chunks of 500 = the windows), or None where it does not
+    import."""
+    if path:
+        sys.path.insert(0, path)
+    try:
+        import nannyml as nml
+        import pandas as pd
+    except Exception as exc:
+        print(f"  NannyML CBPE: not run ({type(exc).__name__}: {exc})")
+        return None
+    k = data["ref_probs"].shape[1]
+    cols = [f"p{c}" for c in range(k)]
+
+    def frame(p: np.ndarray, y: np.ndarray | None) -> pd.DataFrame:
+        p = p.astype(np.float64)
+        p = p / p.sum(axis=1, keepdims=True)
+        df = pd.DataFrame(p, columns=cols)
+        df["pred"] = p.argmax(axis=1)
+        if y is not None:
+            df["y"] = y
+        return df
+
+    est = nml.CBPE(problem_type="classification_multiclass", y_pred_proba={c: f"p{c}" for c in range(k)},
+                   y_pred="pred", y_true="y", metrics=["accuracy"], chunk_size=WINDOW)
+    est.fit(frame(data["ref_probs"], data["ref_y"]))
+    n, w = data["y"].shape
+    res = est.estimate(frame(data["probs"].reshape(n * w, k), None)).filter(period="analysis").to_df()
+    vals = res[("accuracy", "value")].to_numpy(dtype=np.float64)
+    return vals[:n]
+
+
+def tune_slack(value: np.ndarray, se: np.ndarray, signal: np.ndarray, true: np.ndarray, target: float) -> float:
+    """Smallest slack whose intervals cover ``target`` of the windows."""
+    from scipy import stats
+
+    z = stats.norm.ppf(0.5 + LEVEL / 2)
+    for kappa in np.round(np.arange(0.0, 20.01, 0.05), 2):
+        half = z * se + kappa * signal
+        if np.mean(np.abs(value - true) <= half) >= target:
+            return float(kappa)
+    return float("inf")
+
+
+def report(results: dict[str, dict], datas: dict[str, dict]) -> None:
+    from scipy import stats
+
+    z = stats.norm.ppf(0.5 + LEVEL / 2)
+    names = next(iter(results.values()))["names"]
+    extra = ["nannyml_cbpe"] if any(r.get("cbpe") is not None for r in results.values()) else []
+    for ds, r in results.items():
+        d = datas[ds]
+        fam, split = d["family"], d["split"]
+        print(f"\n=== {ds}: reference {len(d['ref_y'])} samples, accuracy {r['reference_accuracy']:.4f}, calibrator "
+              f"{r['calibrator']}; {len(fam)} windows of {WINDOW}; monitor set-up {r['setup_s']:.1f} s, "
+              f"{1000 * r['seconds_per_window']:.0f} ms per window (loaded machine)")
+        cols = names + extra
+        vals = r["value"] if not extra else np.column_stack([r["value"], r["cbpe"] if r.get("cbpe") is not None
+                                                            else np.full(len(fam), np.nan)])
+        err = np.abs(vals - r["true"][:, None]) * 100
+        print("MAE (points of accuracy) per estimator; true accuracy in brackets")
+        print(f"{'windows':28s} {'n':>4s} " + " ".join(f"{c[:13]:>13s}" for c in cols))
+        groups = [("all shifted", fam != "none"), ("all shifted, tune", (fam != "none") & (split == "tune")),
+                  ("all shifted, held out", (fam != "none") & (split == "held_out")), ("no shift", fam == "none")]
+        groups += [(f"family {f}", fam == f) for f in ("label", "noise", "blur", "weather", "digital")]
+        for g, sel in groups:
+            if sel.any():
+                print(f"{g + ' [' + format(r['true'][sel].mean(), '.3f') + ']':28s} {sel.sum():4d} "
+                      + " ".join(f"{e:13.2f}" for e in err[sel].mean(axis=0)))
+        shifted_sev = [(f"severity {s}", (fam != "none") & (fam != "label") & (d["severity"] == s)) for s in range(1, 6)]
+        for g, sel in shifted_sev:
+            if sel.any():
+                print(f"{g + ' [' + format(r['true'][sel].mean(), '.3f') + ']':28s} {sel.sum():4d} "
+                      + " ".join(f"{e:13.2f}" for e in err[sel].mean(axis=0)))
+        half = z * r["se"] + r["default_slack"][None, :] * r["signal"][:, None]
+        cover = np.abs(r["value"] - r["true"][:, None]) <= half
+        print(f"coverage of the {LEVEL:.0%} intervals (default slack " + ", ".join(
+            f"{n}={k:g}" for n, k in zip(names, r["default_slack"], strict=True)) + ")")
+        for g, sel in [("all", np.ones(len(fam), bool)), ("shifted, tune", (fam != "none") & (split == "tune")),
+                       ("shifted, held out", (fam != "none") & (split == "held_out")), ("no shift", fam == "none")]:
+            print(f"  {g:20s} " + " ".join(f"{n}={c:.3f}" for n, c in zip(names, cover[sel].mean(axis=0), strict=True)))
+        print("  mean interval width: " + " ".join(f"{n}={w:.3f}" for n, w in zip(names, (2 * half).mean(axis=0), strict=True)))
+        null = fam == "none"
+        k = int(r["alert"][null].sum())
+        lo, hi = clopper_pearson(k, int(null.sum()))
+        print(f"false alarms under no shift at alpha={ALPHA}: {k}/{null.sum()} = {k / null.sum():.3f} "
+              f"[{lo:.3f}, {hi:.3f}] (target <= {ALPHA + 0.02:.2f}); per rule: "
+              + ", ".join(f"{rule} {v[null].mean():.3f}" for rule, v in r["rules"].items()))
+        shifted = fam != "none"
+        print("alert rate on shifted windows: " + f"{r['alert'][shifted].mean():.3f}; by family: " + ", ".join(
+            f"{f} {r['alert'][fam == f].mean():.2f}" for f in ("label", "noise", "blur", "weather", "digital")))
+    # tuning summary (pooled over datasets): default estimator and slack from the tuning windows only
+    print("\n=== tuning (tuning windows of every dataset pooled) vs held out")
+    tv = np.concatenate([r["value"] for r in results.values()])
+    ts = np.concatenate([r["se"] for r in results.values()])
+    tsig = np.concatenate([r["signal"] for r in results.values()])
+    tt = np.concatenate([r["true"] for r in results.values()])
+    fam = np.concatenate([datas[ds]["family"] for ds in results])
+    split = np.concatenate([datas[ds]["split"] for ds in results])
+    tune = (split == "tune") & (fam != "none")
+    held = (split == "held_out") & (fam != "none")
+    mae_t = np.abs(tv[tune] - tt[tune, None]).mean(axis=0) * 100
+    mae_h = np.abs(tv[held] - tt[held, None]).mean(axis=0) * 100
+    best = names[int(np.argmin(mae_t))]
+    print("MAE tune:     " + " ".join(f"{n}={m:.2f}" for n, m in zip(names, mae_t, strict=True)) + f"  -> default {best}")
+    print("MAE held out: " + " ".join(f"{n}={m:.2f}" for n, m in zip(names, mae_h, strict=True)))
+    tuned = [tune_slack(tv[tune | ((split == "tune") & (fam == "none")), j], ts[tune | ((split == "tune") & (fam == "none")), j],
+                        tsig[tune | ((split == "tune") & (fam == "none"))], tt[tune | ((split == "tune") & (fam == "none"))],
+                        LEVEL) for j in range(len(names))]
+    print("slack tuned for 90% coverage on the tuning windows: " + ", ".join(f"{n}={k:g}" for n, k in zip(names, tuned, strict=True)))
+    for j, n in enumerate(names):
+        half = z * ts[:, j] + tuned[j] * tsig
+        c = np.abs(tv[:, j] - tt) <= half
+        print(f"  {n:22s} coverage tune {c[split == 'tune'].mean():.3f}, held out {c[split == 'held_out'].mean():.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "failsight-bench")
@@ -176,9 +343,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--nannyml-path", default=None)
+    ap.add_argument("--max-risk", type=float, default=0.02)
     args = ap.parse_args()
     if args.quick:
         args.datasets, args.null_windows = "digits", 40
+    results: dict[str, dict] = {}
+    datas: dict[str, dict] = {}
     for ds in args.datasets.split(","):
         if ds == "mnist" and not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
             print(f"mnist: skipped, no MNIST files under {MNIST_DIR}")
@@ -186,11 +356,11 @@ def main() -> None:
         data = load_or_prepare(ds, args.cache, args)
         if args.prepare_only:
             continue
-        evaluate(ds, data, args)
-
-
-def evaluate(dataset: str, data: dict, args: argparse.Namespace) -> None:
-    raise NotImplementedError
+        datas[ds] = data
+        results[ds] = score_windows(ds, data, args.max_risk)
+        results[ds]["cbpe"] = cbpe_estimates(data, args.nannyml_path)
+    if results:
+        report(results, datas)
 
 
 if __name__ == "__main__":
