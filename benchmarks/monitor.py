@@ -19,8 +19,9 @@ draw from the other 7,000.
 
 Per estimator it prints the mean absolute error (points of accuracy) of estimated vs true accuracy over all
 shifted windows and per shift family, the coverage of the 90% intervals, and the false-alarm rate; NannyML's
-CBPE runs on the same windows where ``nannyml`` imports (install it outside the project venv, e.g.
-``pip install --target /tmp/nannyml nannyml`` and ``--nannyml-path /tmp/nannyml``).
+CBPE runs on the same windows in the same run where ``nannyml`` is installed (its pins conflict with the
+project's, so it lives in its own venv: ``python -m venv /tmp/nml && /tmp/nml/bin/pip install nannyml``, then
+``--nannyml-python /tmp/nml/bin/python``; it runs in a subprocess).
 
 Tuning vs held out: the interval's shift slack of each estimator and the choice of the default estimator
 were tuned on the *tuning* windows only: the corruptions at index 0 and 2 of each family (gaussian_noise,
@@ -218,36 +219,55 @@ def score_windows(dataset: str, data: dict, max_risk: float) -> dict:
     return out
 
 
-def cbpe_estimates(data: dict, path: str | None) -> np.ndarray | None:
-    """NannyML CBPE's accuracy estimate per window (chunks of 500 = the windows), or None where it does not
-    import."""
-    if path:
-        sys.path.insert(0, path)
-    try:
-        import nannyml as nml
-        import pandas as pd
-    except Exception as exc:
-        print(f"  NannyML CBPE: not run ({type(exc).__name__}: {exc})")
-        return None
-    k = data["ref_probs"].shape[1]
-    cols = [f"p{c}" for c in range(k)]
+_CBPE_SCRIPT = r"""
+import json, sys
+import numpy as np
+import pandas as pd
+import nannyml as nml
 
-    def frame(p: np.ndarray, y: np.ndarray | None) -> pd.DataFrame:
-        p = p.astype(np.float64)
-        p = p / p.sum(axis=1, keepdims=True)
-        df = pd.DataFrame(p, columns=cols)
-        df["pred"] = p.argmax(axis=1)
-        if y is not None:
-            df["y"] = y
-        return df
+with np.load(sys.argv[1]) as f:
+    ref_p, ref_y, win = f["ref_probs"].astype(np.float64), f["ref_y"], f["probs"].astype(np.float64)
+k = ref_p.shape[1]
+cols = [f"p{c}" for c in range(k)]
 
-    est = nml.CBPE(problem_type="classification_multiclass", y_pred_proba={c: f"p{c}" for c in range(k)},
-                   y_pred="pred", y_true="y", metrics=["accuracy"], chunk_size=WINDOW)
-    est.fit(frame(data["ref_probs"], data["ref_y"]))
-    n, w = data["y"].shape
-    res = est.estimate(frame(data["probs"].reshape(n * w, k), None)).filter(period="analysis").to_df()
-    vals = res[("accuracy", "value")].to_numpy(dtype=np.float64)
-    return vals[:n]
+def frame(p, y=None):
+    p = p / p.sum(axis=1, keepdims=True)
+    df = pd.DataFrame(p, columns=cols)
+    df["pred"] = p.argmax(axis=1)
+    if y is not None:
+        df["y"] = y
+    return df
+
+n, w, _ = win.shape
+est = nml.CBPE(problem_type="classification_multiclass", y_pred_proba={c: f"p{c}" for c in range(k)},
+               y_pred="pred", y_true="y", metrics=["accuracy"], chunk_size=w)
+est.fit(frame(ref_p, ref_y))
+res = est.estimate(frame(win.reshape(n * w, k))).filter(period="analysis").to_df()
+vals = res[("accuracy", "value")].to_numpy(dtype=np.float64)[:n]
+json.dump({"values": vals.tolist(), "version": nml.__version__}, open(sys.argv[2], "w"))
+"""
+
+
+def cbpe_estimates(data: dict, python: str | None) -> tuple[np.ndarray | None, str]:
+    """NannyML CBPE's accuracy estimate per window (chunks of 500 = the windows), computed by ``python`` (an
+    interpreter with ``nannyml``; it conflicts with the project's pins, so it lives in its own venv) in a
+    subprocess of this run. Returns (estimates or None, note)."""
+    import json
+    import subprocess
+    import tempfile
+
+    if not python:
+        return None, "not run (pass --nannyml-python, an interpreter with nannyml installed)"
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.json"
+        np.savez(inp, ref_probs=data["ref_probs"], ref_y=data["ref_y"], probs=data["probs"])
+        t0 = time.perf_counter()
+        r = subprocess.run([python, "-c", _CBPE_SCRIPT, str(inp), str(out)], capture_output=True, text=True,
+                           timeout=1800)
+        if r.returncode != 0:
+            return None, f"failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}"
+        res = json.loads(out.read_text())
+    return np.asarray(res["values"], dtype=np.float64), f"nannyml {res['version']}, {time.perf_counter() - t0:.0f} s"
 
 
 def tune_slack(value: np.ndarray, se: np.ndarray, signal: np.ndarray, true: np.ndarray, target: float) -> float:
@@ -271,7 +291,8 @@ def report(results: dict[str, dict], datas: dict[str, dict]) -> None:
     for ds, r in results.items():
         d = datas[ds]
         fam, split = d["family"], d["split"]
-        print(f"\n=== {ds}: reference {len(d['ref_y'])} samples, accuracy {r['reference_accuracy']:.4f}, calibrator "
+        print(f"\n=== {ds}: NannyML CBPE {r['cbpe_note']}")
+        print(f"=== {ds}: reference {len(d['ref_y'])} samples, accuracy {r['reference_accuracy']:.4f}, calibrator "
               f"{r['calibrator']}; {len(fam)} windows of {WINDOW}; monitor set-up {r['setup_s']:.1f} s, "
               f"{1000 * r['seconds_per_window']:.0f} ms per window (loaded machine)")
         cols = names + extra
@@ -342,7 +363,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--prepare-only", action="store_true")
-    ap.add_argument("--nannyml-path", default=None)
+    ap.add_argument("--nannyml-python", default=os.environ.get("NANNYML_PYTHON"),
+                    help="Python interpreter with nannyml installed (its own venv), for CBPE in the same run.")
     ap.add_argument("--max-risk", type=float, default=0.02)
     args = ap.parse_args()
     if args.quick:
@@ -358,7 +380,7 @@ def main() -> None:
             continue
         datas[ds] = data
         results[ds] = score_windows(ds, data, args.max_risk)
-        results[ds]["cbpe"] = cbpe_estimates(data, args.nannyml_path)
+        results[ds]["cbpe"], results[ds]["cbpe_note"] = cbpe_estimates(data, args.nannyml_python)
     if results:
         report(results, datas)
 

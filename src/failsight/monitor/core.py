@@ -240,14 +240,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _ztest_drop(k: int, n: int, k_ref: int, m: int) -> float:
-    """One-sided p-value that the window's proportion ``k/n`` is below the reference's ``k_ref/m``
-    (pooled two-proportion z-test)."""
-    p_pool = (k + k_ref) / (n + m)
-    var = p_pool * (1 - p_pool) * (1 / n + 1 / m)
-    if var <= 0:
-        return 1.0 if k / n >= k_ref / m else 0.0
-    return float(stats.norm.cdf((k / n - k_ref / m) / math.sqrt(var)))
+def _coverage_drop_p(k: int, n: int, k_ref: int, m: int) -> float:
+    """One-sided p-value that the window's acceptance rate ``k/n`` is below the reference's ``k_ref/m``:
+    Fisher's exact test (conditional on the total accepted; valid at the boundary, e.g. a reference that
+    accepts everything, where the normal approximation is not)."""
+    return float(stats.fisher_exact([[k, n - k], [k_ref, m - k_ref]], alternative="less").pvalue)
 
 
 def _chi2_classes(pred_ref: np.ndarray, pred: np.ndarray, k: int) -> float:
@@ -513,7 +510,7 @@ class Monitor:
         acc = f.conf >= t.threshold
         n, k = len(f), int(acc.sum())
         m = len(self.reference_y)
-        p_cov = _ztest_drop(k, n, self._ref_accepted, m)
+        p_cov = _coverage_drop_p(k, n, self._ref_accepted, m)
         est = self.estimators[self.config.estimator]
         risk = low = high = p_risk = None
         alerts = []

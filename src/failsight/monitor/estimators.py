@@ -32,8 +32,10 @@ probabilities ``q_i`` its sampling variance around the expected value is ``sum q
 amount no window statistic reveals exactly; the half-width therefore adds ``shift_slack`` times the
 shift signal ``|mean conf_window - mean conf_ref| + |atc - doc|`` (how far the window's confidences moved
 and how much two estimators built on different assumptions disagree; both are 0 in expectation under no
-shift). ``shift_slack`` per estimator was tuned on the tuning half of ``benchmarks/monitor.py``'s
-windows and checked on the held-out half.
+shift). ``shift_slack`` per estimator is the smallest value whose 90% intervals cover the true accuracy
+on 90% of the tuning windows of ``benchmarks/monitor.py`` (MNIST and digits pooled: 8 of the 15
+corruptions, two of three label-shift strengths, half of the no-shift windows); on the held-out windows
+(the other 7 corruptions, the third label shift, the other no-shift windows) it covered 0.895 (ATC).
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ class MeanConfidence(AccuracyEstimator):
     """Mean maximum softmax probability (naive baseline)."""
 
     name = "mean_confidence"
-    default_shift_slack = 1.0
+    default_shift_slack = 1.1
 
     def _scores(self, f: Features) -> np.ndarray:
         return f.conf
@@ -204,7 +206,7 @@ class CalibratedConfidence(AccuracyEstimator):
     """Mean calibrated probability of the predicted class (CBPE-style)."""
 
     name = "calibrated_confidence"
-    default_shift_slack = 1.0
+    default_shift_slack = 1.4
 
     def _scores(self, f: Features) -> np.ndarray:
         return f.cal_conf
@@ -214,7 +216,7 @@ class DoC(AccuracyEstimator):
     """Difference of confidences: ``acc_ref - (mean conf_ref - mean conf_window)`` (Guillory et al. 2021)."""
 
     name = "doc"
-    default_shift_slack = 1.0
+    default_shift_slack = 1.1
 
     def _matches_reference(self) -> bool:
         return True
@@ -229,7 +231,7 @@ class ATC(AccuracyEstimator):
     of the calibrated probabilities."""
 
     name = "atc"
-    default_shift_slack = 1.0
+    default_shift_slack = 0.9
 
     def __init__(self, score: str = "neg_entropy", shift_slack: float | None = None) -> None:
         if score not in ("neg_entropy", "msp"):
