@@ -296,6 +296,10 @@ def test_cli_record_labels_report(ref, tmp_path):
     np.savez(tmp_path / "bad.npz", probs=np.ones((40, 3)) / 3)
     r = runner.invoke(app, ["monitor", "--probs", "--db", db, str(tmp_path / "bad.npz")])
     assert r.exit_code == 2 and "classes" in r.output, r.output
+    # a bad file after good ones: all or nothing, no window recorded
+    np.savez(tmp_path / "badlab.npz", probs=ref[0][:40], labels=ref[1][:39])
+    r = runner.invoke(app, ["monitor", "--probs", "--db", db, paths[0], str(tmp_path / "badlab.npz")])
+    assert r.exit_code == 2 and "badlab.npz" in r.output and "No window was recorded" in r.output, r.output
     assert _rows(db) == before
     r = runner.invoke(app, ["monitor", "report", "--db", db, "--out", str(tmp_path / "mon")])
     assert r.exit_code == 0, r.output

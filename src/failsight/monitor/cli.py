@@ -160,6 +160,7 @@ def _record(db: str, name: str, model: Path | None, reference: Path | None, prob
     mon = _open_monitor(db, name, model, reference, probs, settings)
     n_alerts = 0
     try:
+        _check_files(mon, files, probs)  # all or nothing: a bad file anywhere records no window at all
         for f in files:
             if probs:
                 arrays = _read_npz(f, "window")
@@ -176,6 +177,32 @@ def _record(db: str, name: str, model: Path | None, reference: Path | None, prob
     finally:
         mon.close()
     return n_alerts
+
+
+def _check_files(mon: Any, files: list[Path], probs: bool) -> None:
+    """Validate every window file (one at a time, memory stays flat) before anything is recorded."""
+    from failsight._validate import check_labels
+    from failsight.monitor.core import MIN_WINDOW
+
+    for f in files:
+        try:
+            if probs:
+                arrays = _read_npz(f, "window")
+                kind, scores = _scores(arrays, f, "window")
+                n = len(mon._read_window(None, scores if kind == "probs" else None, scores if kind == "logits" else None))
+            else:
+                x, _ = _inputs(f, "window", False)
+                arrays = _read_npz(f, "window") if f.suffix == ".npz" else {}
+                n = len(x)
+                if n < MIN_WINDOW:
+                    raise FailsightInputError(f"the window has {n} samples; the monitor needs at least {MIN_WINDOW}.")
+            y = _labels(arrays)
+            if y is not None:
+                y = check_labels(y, n_classes=mon.n_classes, name="labels")
+                if len(y) != n:
+                    raise FailsightInputError(f"{n} samples but {len(y)} labels.")
+        except FailsightInputError as exc:
+            raise FailsightInputError(f"window file {f}: {exc} No window was recorded.") from exc
 
 
 def _attach(db: str, name: str, window: int | None, files: list[Path]) -> None:

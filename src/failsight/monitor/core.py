@@ -10,7 +10,6 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.util
-import math
 import sys
 from pathlib import Path
 from typing import Any
