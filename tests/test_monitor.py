@@ -244,7 +244,10 @@ def test_monitor_imports_no_torch_with_probabilities(tmp_path):
             "p = rng.dirichlet(np.ones(4) * 0.3, size=400); y = p.argmax(1)\n"
             f"m = Monitor(reference=(p, y), max_risk=0.1, calibrator='temperature', store={str(tmp_path / 'm.db')!r})\n"
             "w = m.update(probs=p[:100]); m.report().render()\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            # the shift tests were loaded without the robustness package; importing it later reuses them
+            "import failsight.robustness as rob\n"
+            "assert rob.ShiftTest is sys.modules['failsight.robustness.detect'].ShiftTest\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
