@@ -10,6 +10,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ class WindowResult(Result):
     alerts: tuple[Alert, ...]
     true_accuracy: float | None = None
     n_labelled: int = 0
+    drift_excess: float = 0.0
 
     @property
     def accuracy(self) -> AccuracyEstimate:
@@ -157,7 +159,8 @@ class WindowResult(Result):
         sel = None if d.get("selective") is None else SelectiveWindow(**d["selective"])
         return cls(int(d["window_id"]), d["name"], d["created_at"], int(d["n"]), d["estimator"], est,
                    num(d["mean_confidence"]), num(d["shift_signal"]), drift, sel,
-                   tuple(Alert(**a) for a in d["alerts"]), d.get("true_accuracy"), int(d.get("n_labelled") or 0))
+                   tuple(Alert(**a) for a in d["alerts"]), d.get("true_accuracy"), int(d.get("n_labelled") or 0),
+                   num(d.get("drift_excess", 0.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +176,7 @@ class MonitorConfig(Result):
     selective_confidence: float
     calibrator: str
     seed: int
-    shift_slack: dict[str, float]
+    shift_slack: dict[str, list[float]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,6 +331,7 @@ class Monitor:
                         "no reference to continue it, or another name= for a new monitor.")
             given = {k: cfg.get(k) for k in given}
             given["min_accuracy"] = cfg["min_accuracy"]
+            given["slack"] = cfg.get("shift_slack")  # the stored interval slacks, kept across versions
         else:
             if reference is None:
                 where = f" and {self._store.location} holds no monitor named {self.name!r}" if self._store else ""
@@ -441,8 +445,10 @@ class Monitor:
         min_acc = given["min_accuracy"]
         min_acc = max(0.0, self.reference_accuracy - tol) if min_acc is None else \
             check_fraction(min_acc, "min_accuracy", open_low=False)
-        self.estimators: dict[str, AccuracyEstimator] = {n: cls().fit(self._ref_features, correct)
-                                                        for n, cls in ESTIMATORS.items()}
+        slack = given.get("slack") or {}
+        self.estimators: dict[str, AccuracyEstimator] = {
+            n: cls(**dict(zip(("shift_slack", "drift_slack"), slack.get(n) or (None, None), strict=True)))
+            .fit(self._ref_features, correct) for n, cls in ESTIMATORS.items()}
         self.threshold = None
         if max_risk is not None:
             from failsight.reliability import select_threshold
@@ -454,7 +460,8 @@ class Monitor:
         self.config = MonitorConfig(alpha=alpha, level=level, estimator=est_name, max_risk=max_risk,
                                     min_accuracy=min_acc, accuracy_tolerance=tol, selective_confidence=sel_conf,
                                     calibrator=cal_choice, seed=seed,
-                                    shift_slack={n: e.shift_slack for n, e in self.estimators.items()})
+                                    shift_slack={n: [e.shift_slack, e.drift_slack]
+                                                 for n, e in self.estimators.items()})
         self.calibrator_name = cal_name
 
     def _features(self, p: np.ndarray) -> Features:
@@ -494,15 +501,20 @@ class Monitor:
                 "(a few hundred for useful estimates): pool small batches.")
         return p
 
-    def _drift(self, p: np.ndarray, f: Features, threshold: float) -> Drift:
+    def _drift(self, p: np.ndarray, f: Features, threshold: float) -> tuple[Drift, float]:
+        """The drift tests, and the drift excess of the intervals (see :mod:`failsight.monitor.estimators`)."""
         detect = _detect_module()
         bbsd = detect.detect_shift(self.reference_probs, p, "bbsd", alpha=threshold)
         pv = {"bbsd": float(bbsd.p_value),
               "predicted_classes": _chi2_classes(self._ref_features.pred, f.pred, self.n_classes)}
         p_comb = float(min(1.0, len(pv) * min(pv.values())))
-        return Drift(pv, p_comb, threshold, bool(p_comb <= threshold))
+        n, m = len(p), len(self.reference_y)
+        # asymptotic Kolmogorov quantile at 0.001 / k (Bonferroni over the k classes)
+        c = math.sqrt(-math.log(0.001 / self.n_classes / 2) / 2)
+        excess = max(0.0, float(bbsd.statistic) - c * math.sqrt((n + m) / (n * m)))
+        return Drift(pv, p_comb, threshold, bool(p_comb <= threshold)), excess
 
-    def _selective(self, f: Features, alpha_rule: float, signal: float) -> tuple[SelectiveWindow | None, list[Alert]]:
+    def _selective(self, f: Features, alpha_rule: float, signal: float, excess: float) -> tuple[SelectiveWindow | None, list[Alert]]:
         if self.threshold is None:
             return None, []
         t = self.threshold
@@ -515,7 +527,7 @@ class Monitor:
         alerts = []
         a_half = alpha_rule / 2  # coverage and risk share the selective rule's level
         if k > 0:
-            e = est.estimate(f.subset(acc), level=self.config.level, shift_signal=signal)
+            e = est.estimate(f.subset(acc), level=self.config.level, shift_signal=signal, drift_excess=excess)
             risk, low, high = 1.0 - e.value, 1.0 - e.high, 1.0 - e.low
             se = e.se if e.se > 0 else 1e-12
             p_risk = float(stats.norm.sf((risk - t.max_risk) / se))  # H0: selective risk <= max_risk
@@ -542,8 +554,8 @@ class Monitor:
         conf_gap = abs(float(f.conf.mean()) - self.reference_mean_confidence)
         pts = {n: e.point(f) for n, e in self.estimators.items()}
         signal = conf_gap + abs(pts["atc"] - pts["doc"])
-        ests = {n: e.estimate(f, cfg.level, signal) for n, e in self.estimators.items()}
-        drift = self._drift(p, f, alpha_rule)
+        drift, excess = self._drift(p, f, alpha_rule)
+        ests = {n: e.estimate(f, cfg.level, signal, excess) for n, e in self.estimators.items()}
         alerts: list[Alert] = []
         a = ests[cfg.estimator]
         z = float(stats.norm.isf(alpha_rule))
@@ -556,11 +568,12 @@ class Monitor:
             what = {"bbsd": "the softmax outputs", "predicted_classes": "the mix of predicted classes"}[worst]
             alerts.append(Alert("drift", (
                 f"the data drifted from the reference: {what} changed (p={drift.p_value:.2g} <= {drift.threshold:.3g})")))
-        sel, sel_alerts = self._selective(f, alpha_rule, signal)
+        sel, sel_alerts = self._selective(f, alpha_rule, signal, excess)
         alerts.extend(sel_alerts)
         return WindowResult(window_id=window_id, name=name or f"window {window_id}", created_at=_now(), n=len(p),
                             estimator=cfg.estimator, estimated_accuracy=ests, mean_confidence=float(f.conf.mean()),
-                            shift_signal=signal, drift=drift, selective=sel, alerts=tuple(alerts))
+                            shift_signal=signal, drift=drift, selective=sel, alerts=tuple(alerts),
+                            drift_excess=excess)
 
     def update(self, x: Any = None, *, probs: Any = None, logits: Any = None, name: str | None = None) -> WindowResult:
         """Analyse the next window and record it.
