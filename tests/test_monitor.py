@@ -323,3 +323,28 @@ def test_window_result_round_trips_json(ref):
     w = mon.update(probs=calibrated(200, np.random.default_rng(9))[0])
     again = WindowResult.from_dict(json.loads(w.to_json()))
     assert again.to_dict() == w.to_dict()
+
+
+def test_cli_raw_inputs_through_a_torch_model(tmp_path):
+    """--model: reference and windows are images run through the model (a torch.save'd module)."""
+    import torch
+
+    from failsight.cli import app
+    from failsight.datasets.digits import split_digits
+    from failsight.models.cnn import SmallCNN
+
+    d = split_digits(seed=0)
+    model = SmallCNN(width=4, seed=0).eval()
+    torch.save(model, tmp_path / "m.pt")
+    np.savez(tmp_path / "cal.npz", x=d.x_cal, y=d.y_cal)
+    np.savez(tmp_path / "b1.npz", x=d.x_test[:200])
+    np.savez(tmp_path / "b2.npz", x=d.x_test[200:400], y=d.y_test[200:400])
+    db = str(tmp_path / "monitor.db")
+    r = CliRunner().invoke(app, ["monitor", "--model", str(tmp_path / "m.pt"), "--reference", str(tmp_path / "cal.npz"),
+                                 "--db", db, str(tmp_path / "b1.npz"), str(tmp_path / "b2.npz")])
+    assert r.exit_code in (0, 1), r.output
+    rows = _rows(db)
+    assert [w["name"] for w in rows] == ["b1.npz", "b2.npz"] and rows[0]["n"] == 200
+    with torch.no_grad():
+        pred = model(torch.from_numpy(d.x_test[200:400])).argmax(1).numpy()
+    assert rows[1]["true_accuracy"] == pytest.approx((pred == d.y_test[200:400]).mean())
