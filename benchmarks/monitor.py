@@ -399,6 +399,11 @@ def main() -> None:
         results[ds]["cbpe"], results[ds]["cbpe_note"] = cbpe_estimates(data, args.nannyml_python)
     if results:
         report(results, datas)
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"\npeak memory (RSS) of this process: {peak:.0f} MiB (windows are scored one at a time with "
+              "Monitor.evaluate; the cached outputs of all windows are held in memory here, not by the monitor)")
 
 
 if __name__ == "__main__":
