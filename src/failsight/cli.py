@@ -759,3 +759,13 @@ def study(
 
 
 _mount_runs()
+
+
+def _mount_monitor() -> None:
+    from failsight.monitor.cli import monitor_command
+
+    app.command(name="monitor", short_help="Monitor a deployed model: accuracy without labels, drift, alerts.")(
+        monitor_command)
+
+
+_mount_monitor()
