@@ -115,7 +115,8 @@ def test_audit_torchscript_npz_all_steps(files):
     assert "http://" not in html and "https://" not in html  # self-contained
     res = json.loads((out / "results.json").read_text())
     assert res["model"]["kind"] == "torchscript" and res["data"]["test"]["n"] == 200
-    assert [s["status"] for s in res["steps"]] == ["ran"] * 4
+    assert {s["step"]: s["status"] for s in res["steps"]} == dict.fromkeys(
+        ("reliability", "robustness", "adversarial", "defuse", "slices"), "ran")
     m = res["metrics"]
     assert 0.6 < m["reliability.accuracy"] <= 1.0 and 0 <= m["reliability.ece"] < 0.5
     assert m["robustness.worst_shift_accuracy"] < m["robustness.clean_accuracy"]
@@ -156,7 +157,8 @@ def test_audit_module_image_folder_and_runs(files):
     res = json.loads((out / "results.json").read_text())
     assert res["data"]["test"]["source"] == "folder" and res["model"]["kind"] == "torch"
     steps = {s["step"]: s["status"] for s in res["steps"]}
-    assert steps == {"reliability": "ran", "robustness": "not requested", "defuse": "not requested", "slices": "ran"}
+    assert steps == {"reliability": "ran", "robustness": "not requested", "adversarial": "not requested",
+                     "defuse": "not requested", "slices": "ran"}
     # the folder's classes are named after the sub-folders
     assert any(str(row["slice"]).startswith("digit") for row in res["slices"]["rows"])
     # run history: two models on the same .npz, recorded beside the folder run

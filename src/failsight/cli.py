@@ -570,7 +570,7 @@ def slices(
             if y_base.shape != y.shape or not np.array_equal(y_base, y):
                 raise FailsightInputError(f"{baseline} and {pred} hold different labels; the baseline must be "
                                           "evaluated on the same samples in the same order.")
-        g = load_groups(groups)
+        g = load_groups(groups, n_samples=len(y))
         rep = evaluate(y, y_pred, g, min_size=min_size)
         comparison = None
         if baseline is not None:

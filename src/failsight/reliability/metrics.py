@@ -522,7 +522,7 @@ def nll(y_true: Any, y_prob: Any, eps: float | Literal["floor"] | None = None) -
     py = p[np.arange(len(y)), y].astype(np.float64)
     np.clip(py, e, 1.0, out=py)
     with np.errstate(divide="ignore"):
-        return float(-np.log(py).mean())
+        return float(-np.log(py).mean()) + 0.0  # + 0.0: a perfect model's NLL is 0.0, not -0.0
 
 
 def nll_zero_count(y_true: Any, y_prob: Any) -> int:
