@@ -91,9 +91,23 @@ def test_bootstrap_intervals_are_seeded_and_close_to_wilson():
     b2 = evaluate(y, pred, g, method="bootstrap", n_boot=4000, seed=3)
     w = evaluate(y, pred, g)
     assert b1.to_dict() == b2.to_dict()
+    # The bootstrap draws B = 4000 replicates of Binomial(n, p_hat) / n per slice, so its percentile interval
+    # estimates the exact binomial quantiles q(a), q(1 - a) (a = 0.025), computed here with scipy. Monte-Carlo
+    # error: the empirical a-quantile lies in [q(a - e), q(a + e)] unless the count of replicates below one of
+    # those points, Binomial(B, a -/+ e), crosses a * B; with e = 5.3 sqrt(a (1 - a) / B) that is a 5.3-sigma
+    # event (normal approximation of a count with mean 100: p < 1.2e-7 each, < 1e-6 over the 8 bounds).
+    # np.quantile interpolates between adjacent replicates: one lattice step 1/n more.
+    a, n_boot = 0.025, 4000
+    e = 5.3 * np.sqrt(a * (1 - a) / n_boot)
     for rb, rw in zip(b1.rows, w.rows, strict=True):
-        assert rb.ci.low == pytest.approx(rw.ci.low, abs=0.006)
-        assert rb.ci.high == pytest.approx(rw.ci.high, abs=0.006)
+        n, p_hat = rb.n, rb.value
+        for got, q in ((rb.ci.low, a), (rb.ci.high, 1 - a)):
+            lo_q, mid_q, hi_q = (stats.binom.ppf([q - e, q, q + e], n, p_hat) / n).tolist()
+            assert lo_q - 1 / n <= got <= hi_q + 1 / n  # a band of ~+-3e-3 at n ~ 2000
+            # deterministic part: Wilson and the exact binomial quantile are both second-order accurate, so
+            # they differ by the skewness term ~z^2 |1 - 2p| / (2n) plus one lattice step: within (z^2 + 2) / n
+            wilson = rw.ci.low if q == a else rw.ci.high
+            assert abs(wilson - mid_q) <= (1.96**2 + 2) / n
 
 
 def test_worst_slice_gaps_and_several_slicings():
@@ -403,6 +417,16 @@ def test_power_to_flag_a_slice_made_worse():
     assert wrong_slice <= 2
 
 
+def _paired_delta_quantiles(lost: int, gained: int, n: int, qs: list[float]) -> list[float]:
+    """Exact quantiles of (G - L) / n for (L, T, G) ~ Multinomial(n, (lost, n - lost - gained, gained) / n)."""
+    pl, pg = lost / n, gained / n
+    l_ = np.arange(n + 1)[:, None]
+    d = np.arange(-n, n + 1)
+    cond = pg / (1 - pl) if pl < 1 else 0.0  # G | L = l ~ Binomial(n - l, pg / (1 - pl))
+    cdf = (stats.binom.pmf(l_, n, pl) * stats.binom.cdf(l_ + d[None, :], n - l_, cond)).sum(axis=0)
+    return [float(d[np.searchsorted(cdf, q - 1e-12)]) / n for q in qs]
+
+
 def test_bootstrap_test_is_seeded_and_agrees_with_mcnemar():
     rng = np.random.default_rng(4)
     g = np.repeat([0, 1, 2], 500)
@@ -413,10 +437,23 @@ def test_bootstrap_test_is_seeded_and_agrees_with_mcnemar():
     b2 = compare(y, base, cand, g, test="bootstrap", seed=1)
     mc = compare(y, base, cand, g)
     assert b1.to_dict() == b2.to_dict()
+    # The paired bootstrap draws B = 2000 replicates of (lost, tie, gained) ~ Multinomial(n, observed shares)
+    # and takes percentiles of delta = (gained - lost) / n. Its exact quantiles Q(q) are computed below
+    # (sum over lost of Binomial pmf times the conditional Binomial cdf of gained). Monte-Carlo error as in
+    # test_bootstrap_intervals_are_seeded_and_close_to_wilson: the empirical a-quantile lies in
+    # [Q(a - e), Q(a + e)], e = 5.3 sqrt(a (1 - a) / B), except with probability < 1.2e-7 per bound (< 1e-6
+    # over the 6), plus one lattice step 1/n for np.quantile's interpolation.
+    a, n_boot = 0.025, 2000
+    e = 5.3 * np.sqrt(a * (1 - a) / n_boot)
     for rb, rm in zip(b1.rows, mc.rows, strict=True):
         assert rb.verdict == rm.verdict
-        assert rb.ci.low == pytest.approx(rm.ci.low, abs=0.012)
-        assert rb.ci.high == pytest.approx(rm.ci.high, abs=0.012)
+        n = rb.n
+        for got, q, bp in ((rb.ci.low, a, rm.ci.low), (rb.ci.high, 1 - a, rm.ci.high)):
+            lo_q, mid_q, hi_q = _paired_delta_quantiles(rb.lost, rb.gained, n, [q - e, q, q + e])
+            assert lo_q - 1 / n <= got <= hi_q + 1 / n  # a band of ~+-0.01 at n = 500
+            # deterministic: Bonett-Price (one pseudo-count per discordant cell) and the exact quantile are
+            # both Wald-type to O(1/n): within the skewness term z^2 / n plus one lattice step (observed ~1e-3)
+            assert abs(bp - mid_q) <= (1.96**2 + 2) / n
     assert b1.rows[0].verdict == "regressed"
 
 
