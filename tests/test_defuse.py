@@ -365,16 +365,29 @@ def test_correction_fixes_the_pocket_and_keeps_the_original(toy):
     assert isinstance(res, CorrectionResult) and fixed is not model
     for k, v in model.state_dict().items():  # the user's model is untouched
         torch.testing.assert_close(v, before[k])
-    assert res.regions[0].accuracy_before < 0.3 and res.regions[0].accuracy_after > 0.9
-    assert res.region_accuracy_after > res.region_accuracy_before
-    chosen = next(r for r in res.lambdas if r["lam"] == res.lam)
-    # how lam was chosen: its validation loss is not significantly above the tolerance
-    assert chosen["within_tolerance"] and chosen["loss_p_value"] >= 0.05
+    # the pocket is wrong by construction (the model says 0 inside it): a property of the toy model, not of
+    # training (11-23% right over 200 seeds of held-out region samples)
+    assert res.regions[0].accuracy_before < 0.3
+    # how lam was chosen (deterministic given the fits): the flags follow the binomial test's p-values
     assert all(r["within_tolerance"] == (r["loss_p_value"] >= 0.05) for r in res.lambdas)
     assert all((r["val_lost"] == 0) == (r["val_retained"] == 1.0) for r in res.lambdas)
-    assert res.n_train_dropped == 0
-    assert res.test_accuracy_after >= res.test_accuracy_before - 0.03
-    assert res.tolerance_met and res.lam in (0.3, 0.6) and len(res.lambdas) == 2
+    assert res.n_train_dropped == 0 and len(res.lambdas) == 2
+    if res.tolerance_met:  # the chosen lam's validation loss is not significantly above the tolerance
+        chosen = next(r for r in res.lambdas if r["lam"] == res.lam)
+        assert chosen["within_tolerance"] and chosen["loss_p_value"] >= 0.05
+
+    # What the fine-tune achieves is a training outcome (a different seed or CPU rounds differently), so it is
+    # asserted over three seeds, at least two of which must succeed. Measured: the fix (region >90% right,
+    # tolerance met, test accuracy kept within 3 points) succeeded in 200 of 200 seeds, so the per-seed
+    # failure rate is < 1.5% (95% upper bound, 0 of 200); two or more failures in three then have
+    # probability < 3 * 0.015^2 = 6.8e-4, and far less at the observed rate.
+    def fixes(r: CorrectionResult) -> bool:
+        return (r.regions[0].accuracy_after > 0.9 and r.region_accuracy_after > r.region_accuracy_before
+                and r.tolerance_met and r.lam in (0.3, 0.6)
+                and r.test_accuracy_after >= r.test_accuracy_before - 0.03)
+
+    others = [correct(model, regions, labels, x_tr, y_tr, **{**kw, "seed": s})[1] for s in (1, 2)]
+    assert sum(fixes(r) for r in (res, *others)) >= 2
     assert res.discarded == [r.id for r in regions[1:]]
     assert {row["name"] for row in res.per_class} == {"zero", "one"} and res.per_class_split == "test"
     assert [r["what"] for r in res.table()] == ["held-out region samples", "validation", "test"]
@@ -395,11 +408,18 @@ def test_correction_can_drop_conflicting_training_images(toy):
     x_val, y_val = toy_train(gen, n=150, seed=9)
     labels = {regions[0].id: 1}
     kw = dict(x_val=x_val, y_val=y_val, lambdas=(0.3,), epochs=10, lr=0.05, seed=0, progress=False)
-    _, kept = correct(model, regions, labels, x_all, y_all, drop_conflicting=False, **kw)
-    _, dropped = correct(model, regions, labels, x_all, y_all, **kw)  # dropping is the default
-    assert kept.n_train_dropped == 0
-    assert 20 <= dropped.n_train_dropped <= 40  # the pocket images, hardly anything else
-    assert dropped.regions[0].accuracy_after >= kept.regions[0].accuracy_after
+    wins = 0
+    for seed in (0, 1, 2):
+        _, kept = correct(model, regions, labels, x_all, y_all, drop_conflicting=False, **{**kw, "seed": seed})
+        _, dropped = correct(model, regions, labels, x_all, y_all, **{**kw, "seed": seed})  # dropping: default
+        # which images conflict is decided by the original model and the labelled region, before training
+        assert kept.n_train_dropped == 0
+        assert 20 <= dropped.n_train_dropped <= 40  # the pocket images, hardly anything else
+        wins += dropped.regions[0].accuracy_after >= kept.regions[0].accuracy_after
+    # that the region ends up better fixed without the conflicting images is a training outcome: asserted in
+    # at least 2 of 3 seeds. Measured 200 of 200 seeds (by 2-16 points), per-seed failure < 1.5% at 95%
+    # confidence, so a false failure has probability < 3 * 0.015^2 = 6.8e-4.
+    assert wins >= 2
 
 
 def test_correction_distillation_anchor_keeps_the_rest_of_the_model(toy):
@@ -419,11 +439,18 @@ def test_correction_distillation_anchor_keeps_the_rest_of_the_model(toy):
         lp, lq = log_softmax(predict_logits(model, x_far), 1), log_softmax(predict_logits(m, x_far), 1)
         return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
 
-    anchored, res_a = correct(model, regions, labels, x_tr, y_tr, **kw)
-    plain, res_p = correct(model, regions, labels, x_tr, y_tr, distill=0.0, **kw)
-    for res in (res_a, res_p):
-        assert res.regions[0].accuracy_before < 0.3 and res.regions[0].accuracy_after > 0.8
-    assert drift(anchored) < drift(plain)
+    # Both the fix and the anchor's effect are training outcomes, so they are asserted over three seeds, at
+    # least two of which must show them. Measured over 200 seeds: the region >80% right with and without the
+    # anchor, and the anchored drift below the plain one (by 0.7-1.1% relative, paired on the seed), in 200 of
+    # 200; per-seed failure < 1.5% at 95% confidence, so a false failure has probability < 6.8e-4.
+    wins = 0
+    for seed in (0, 1, 2):
+        anchored, res_a = correct(model, regions, labels, x_tr, y_tr, **{**kw, "seed": seed})
+        plain, res_p = correct(model, regions, labels, x_tr, y_tr, distill=0.0, **{**kw, "seed": seed})
+        assert all(r.regions[0].accuracy_before < 0.3 for r in (res_a, res_p))  # the toy model's pocket
+        wins += (all(r.regions[0].accuracy_after > 0.8 for r in (res_a, res_p))
+                 and drift(anchored) < drift(plain))
+    assert wins >= 2
     with pytest.raises(FailsightInputError, match="distill"):
         correct(model, regions, labels, x_tr, y_tr, distill=1.5, progress=False)
     with pytest.raises(FailsightInputError, match="temperature"):

@@ -52,7 +52,10 @@ def test_rows_use_reliability_metrics_on_corrupted_data(data):
         assert row.nll == pytest.approx(nll(y, p))
         assert row.mean_confidence == pytest.approx(p.max(1).mean())
     assert res.row("contrast", 5).family == "digital" and res.families["gaussian_noise"] == "noise"
-    # stronger corruption hurts more
+    # stronger corruption hurts more. No training randomness here: the model is closed-form LDA on a fixed
+    # split and the corruptions are seeded, so these are fixed numbers up to float rounding (severity 5 is
+    # 23-71 points below severity 1; clean accuracy 0.967, 20 samples above 0.9), far beyond what rounding
+    # of a few near-tied arg-maxes could move.
     acc = res.matrix("accuracy")
     assert acc.shape == (3, 3) and np.all(acc[:, 2] <= acc[:, 0] + 0.02)
     assert res.clean_accuracy > 0.9
@@ -112,9 +115,27 @@ def test_torch_module_and_callables_agree(data):
     via_logits = evaluate(logits_fn, x, y, shifts=("contrast",), severities=(2, 4), batch_size=50,
                           progress=False)
     assert via_probs.output_kind == "probabilities" and via_logits.output_kind == "logits"
-    for other in (via_torch, via_probs, via_logits):
-        np.testing.assert_allclose(other.matrix("accuracy"), ref.matrix("accuracy"))
-        np.testing.assert_allclose(other.matrix("nll"), ref.matrix("nll"), rtol=1e-4)
+    # via_probs calls the same float64 predict_proba as ref: identical numbers. The torch paths compute the
+    # logits in float32: |fl(w.x + b) - (w.x + b)| <= g * (sum_j |w_j x_j| + |b|) with g = (n + 2) u / (1 -
+    # (n + 2) u), n = 64 terms, u = 2^-24 (Higham's dot-product bound, plus rounding w, b and x to float32).
+    # A sample's arg-max can only differ where its float64 top-2 gap is below twice that bound, so the
+    # accuracies agree within (number of such samples) / n; log-softmax moves by at most twice the largest
+    # logit error, so the NLLs agree within that plus float32 rounding of the log-sum-exp (~1e-6).
+    np.testing.assert_array_equal(via_probs.matrix("accuracy"), ref.matrix("accuracy"))
+    np.testing.assert_array_equal(via_probs.matrix("nll"), ref.matrix("nll"))
+    u = 2.0**-24
+    g = 66 * u / (1 - 66 * u)
+    acc_tol, nll_tol = [], []
+    for sev in (2, 4):
+        xc = corrupted(x, "contrast", sev).reshape(len(x), -1).astype(np.float64)
+        z = xc @ lr.coef_.T + lr.intercept_
+        err = g * (np.abs(xc) @ np.abs(lr.coef_).T + np.abs(lr.intercept_))  # (n, k) per-logit bound
+        top2 = np.sort(z, axis=1)[:, -2:]
+        acc_tol.append(np.count_nonzero(top2[:, 1] - top2[:, 0] <= 2 * err.max(axis=1)) / len(x))
+        nll_tol.append(2 * err.max() + 1e-6)
+    for other in (via_torch, via_logits):
+        assert np.all(np.abs(other.matrix("accuracy") - ref.matrix("accuracy")) <= np.array(acc_tol) + 1e-12)
+        assert np.all(np.abs(other.matrix("nll") - ref.matrix("nll")) <= np.array(nll_tol))
 
 
 def test_seeded_and_serialisable(data):
