@@ -76,9 +76,13 @@ def test_training_learns_and_is_deterministic():
         assert torch.get_num_threads() == threads  # restored
     h = hists[0]
     assert isinstance(h, TrainingHistory) and h.epochs == 4 and len(h.val_accuracy) == 4
+    # "it learns" is a training outcome, so the thresholds sit where every seed clears them with a wide
+    # margin, not at seed 0's value. Measured over seeds 0-29 (same data and settings): test accuracy 0.69-0.86
+    # (mean 0.82, sd 0.04; the old threshold 0.8 failed 6 of 30 seeds), so 0.5 (5x chance) is 8 sd below the
+    # mean and 0.19 below the lowest seed; the final training loss was at most 0.67x the first epoch's.
     assert h.train_loss[-1] < h.train_loss[0]
     acc = (logits[0].argmax(1) == s.y_test).mean()
-    assert acc > 0.8, acc  # chance is 0.1; 4 short epochs of a tiny CNN already learn the digits
+    assert acc > 0.5, acc  # chance is 0.1
     np.testing.assert_array_equal(logits[0], logits[1])  # same seed, same weights on CPU
     assert h.train_loss == hists[1].train_loss
     assert logits[0].shape == (len(s.y_test), 10) and logits[0].dtype == np.float32
