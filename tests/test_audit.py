@@ -133,6 +133,10 @@ def test_images_audit_with_defuse_labels_fix_and_verify(digits_model, tmp_path):
               "defuse_options": {"generator_epochs": 25, "n_samples": 16}, "progress": False}
     first = failsight.audit(m, (d.x_test, d.y_test), **common)
     assert all(s.ran for s in first.steps), first.steps
+    # Defuse finding errors and regions on this model is a training outcome, asserted only where the margin
+    # is overwhelming: over model seeds 0-4 (same settings) the search found 725-830 misclassified samples of
+    # ~6,700 tried (11-12%) and kept 30-39 regions. With a per-sample hit rate even 10x lower (1%), finding
+    # none in 6,700 has probability e^-67; with hundreds found, regions and a defuse finding follow.
     assert first.defuse.search.n_found > 0 and len(first.regions) > 0
     assert any(f.pillar == "defuse" for f in first.findings)
     paths = first.write(tmp_path / "a")

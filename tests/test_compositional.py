@@ -168,7 +168,11 @@ def test_colour_is_learned_quickly(data):
     h = train_compositional(m, data["train"], epochs=4, batch_size=16, lr=1e-2, seed=0,
                             eval_sets={"test": data["test"]})
     acc = (h.predictions["test"]["color"] == data["test"].color_labels[None]).mean(axis=1)
-    assert acc[-1] > 0.8  # chance is 1/8
+    # a training outcome, so the threshold sits where every measured seed clears it with a wide margin: over
+    # seeds 0-18 (same data and settings, 56 test images) colour accuracy was 0.75-1.0 (mean 0.92, sd 0.06;
+    # the old threshold 0.8 failed seed 7), so 0.5 (4x chance) is 6.6 sd below the mean and 0.25 below the
+    # lowest; the colour loss fell to at most 0.41x its first epoch's in every seed
+    assert acc[-1] > 0.5  # chance is 1/8
     assert h.loss["color"][-1] < h.loss["color"][0]
 
 
