@@ -179,9 +179,11 @@ def test_bad_input(digits_cnn) -> None:
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("torchattacks"),
                     reason="torchattacks not installed (benchmark/test reference only)")
 def test_pgd_agrees_with_torchattacks(digits_cnn) -> None:
-    """PGD-L∞ at matched settings: robust accuracy within 3 points of torchattacks' on 200 digits (the random
-    starts differ, so per-sample outcomes differ; 3 points ≈ 2 binomial s.d. of a difference of two attacks that
-    agree on all but a few borderline samples)."""
+    """PGD-L∞ at matched settings is as strong as torchattacks' on 150 digits. The random starts differ, so
+    borderline samples fall differently: with b samples only ours breaks and c only theirs, two attacks of equal
+    strength make b ~ Binomial(b + c, 1/2) given b + c (McNemar). The exact two-sided test must not reject at
+    1e-6: a false failure has probability <= 1e-6. Here b + c = 3 (robust accuracy 54.0% vs 54.7%); an attack
+    that is systematically weaker or stronger by 21 or more one-way flips (14 points) is caught."""
     import torchattacks
 
     m, x, y = digits_cnn
@@ -191,5 +193,8 @@ def test_pgd_agrees_with_torchattacks(digits_cnn) -> None:
     torch.manual_seed(0)
     adv = ta(torch.from_numpy(x), torch.from_numpy(y))
     with torch.no_grad():
-        theirs = float((m(adv).argmax(1).numpy() == y).mean())
-    assert abs(ours.robust_accuracy - theirs) <= 0.03
+        theirs_ok = m(adv).argmax(1).numpy() == y
+        ours_ok = m(torch.from_numpy(ours.x_adv)).argmax(1).numpy() == y
+    b, c = int(np.sum(~ours_ok & theirs_ok)), int(np.sum(ours_ok & ~theirs_ok))
+    from scipy.stats import binomtest
+    assert b + c == 0 or binomtest(b, b + c, 0.5).pvalue >= 1e-6, (b, c)

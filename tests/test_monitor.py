@@ -101,12 +101,14 @@ def test_no_shift_estimates_unbiased_and_intervals_cover(ref):
 
 def test_false_alarms_at_most_alpha_under_no_shift(ref):
     """All rules together (accuracy, drift, coverage, selective risk) fire on at most alpha of no-shift
-    windows (Bonferroni). 150 windows: the alarm count is Binomial(150, <= 0.05), sd <= 0.018, so a rate
-    above 0.05 + 3 sd = 0.105 would mean the level is not kept."""
+    windows (Bonferroni). 300 independent windows: the alarm count is Binomial(300, r) with r <= 0.05, so
+    P(count >= 37) <= 5.1e-7 (exact binomial tail at r = 0.05): a false failure has probability < 1e-6 on
+    any random stream. It still has teeth: 4 rules each at 0.05 without the correction alarm on up to ~19%
+    of windows, and at r = 0.15 the count reaches 37 with probability 0.92."""
     mon = _mon(ref, max_risk=0.1, alpha=0.05)
     rng = np.random.default_rng(3)
-    alarms = [bool(mon.evaluate(probs=calibrated(400, rng)[0]).alerts) for _ in range(150)]
-    assert np.mean(alarms) <= 0.105
+    alarms = [bool(mon.evaluate(probs=calibrated(400, rng)[0]).alerts) for _ in range(300)]
+    assert sum(alarms) <= 36, sum(alarms)
 
 
 def test_alerts_fire_under_shift_in_words(ref):
