@@ -301,8 +301,17 @@ def test_per_slice_coverage_and_under_shift() -> None:
     shifted /= shifted.sum(1, keepdims=True)
     res = conformal_analysis(y[:2000], p[:2000], yt, p[2000:], method="lac", groups={"class": yt},
                              shifted={"noise s3": (yt, shifted)})
-    assert res.within_guarantee or abs(res.coverage - 0.9) < 0.03
-    assert res.shift_coverage["noise s3"][0] < res.coverage - 0.05
+    # the test coverage of split conformal with n = 2000 calibration points is Beta(r, n + 1 - r) given the
+    # calibration set, then a binomial mean over m = 2000 test points (see _band_check): its sd is
+    # sqrt(Var(C) + E[C(1 - C)] / m) ~ 0.0095, and 5.3 sd (~0.05) fails with probability < 1.2e-7
+    r = conformal_order_statistic(2000, 0.1)
+    a, b = r, 2000 + 1 - r
+    sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)) + a * b / ((a + b) * (a + b + 1)) / 2000)
+    assert abs(res.coverage - a / (a + b)) <= 5.3 * sd, (res.coverage, sd)
+    # the shift costs coverage: observed 0.907 -> 0.816 on this seeded stream; on any other stream each
+    # coverage moves with sd < 0.01 (above), the drop with sd < 0.012 even uncorrelated, so a threshold of
+    # 0.03 sits 5 sd below the observed 0.091 drop while still ruling out "the shift changes nothing"
+    assert res.shift_coverage["noise s3"][0] < res.coverage - 0.03
     assert sum(res.size_histogram) == 2000 and res.slices.worst["class"].slice == 4
     d = res.to_dict()
     assert d["guarantee"]["low"] == pytest.approx(0.9)
