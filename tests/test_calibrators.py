@@ -341,7 +341,10 @@ def test_matrix_scaling_odir_limits(multi):
     vs = VectorScaling(reg_lambda=0.0, reg_mu=0.0).fit(z, y)
     ms = MatrixScaling(reg_lambda=1e7, reg_mu=0.0).fit(z, y)
     off = ms.coef_[~np.eye(5, dtype=bool)]
-    assert np.abs(off).max() < 1e-4
+    # at the optimum each off-diagonal entry balances its penalty against the NLL: 2 c W_ij = -mean_n r_ni z_nj
+    # with c = reg_lambda / (k (k - 1)) = 5e5 and |r_ni| <= 1, so |W_ij| <= max|z| / (2 c) (~1.7e-5 here);
+    # the solver stops at a gradient far below max|z| (its own ftol is 1e-10), which the 1% slack covers
+    assert np.abs(off).max() <= 1.01 * np.abs(z).max() / (2 * 1e7 / 20) + 1e-9
     np.testing.assert_allclose(np.diag(ms.coef_), vs.coef_, atol=1e-3)
     np.testing.assert_allclose(ms.predict_proba(z), vs.predict_proba(z), atol=1e-4)
     # on probabilities, matrix scaling works on log p: the same model as Dirichlet calibration
