@@ -391,8 +391,11 @@ def test_false_flag_rate_under_the_null(mid_p, correction):
     _, _, _, code, partial = _paired_verdicts(kb, kc, m, pw, pb, alpha=0.05, correction=correction, min_size=20)
     flag_rate = partial.mean()
     any_regressed = (code[:, :5] == VERDICTS.index("regressed")).any(axis=1).mean()
+    # the rates are means of 20,000 i.i.d. indicators (s.e. <= 0.0016): the band [0.02, 0.08] is > 5 s.e. from
+    # the measured 0.027-0.035 on either side, so a false failure has probability < 1e-6
     assert 0.02 <= flag_rate <= 0.08, flag_rate
-    assert any_regressed <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / reps)  # the family-wise bound holds
+    # the family-wise bound: a rate <= 0.05 exceeds 0.05 + 5.3 s.e. (0.058) with probability < 1.2e-7
+    assert any_regressed <= 0.05 + 5.3 * np.sqrt(0.05 * 0.95 / reps)
     # without a correction the same simulation flags far too often: the correction is what keeps the band
     _, _, _, _, raw = _paired_verdicts(kb, kc, m, pw, pb, alpha=0.05, correction="none", min_size=20)
     assert raw.mean() > 0.08
@@ -413,7 +416,13 @@ def test_power_to_flag_a_slice_made_worse():
         res = compare(y, (~cb[r]).astype(int), (~cc[r]).astype(int), g)
         flags += res.partial_failure
         wrong_slice += any(x.slice != 0 for x in res.regressed)
+    # 200 independent replicates: with power 0.98, P(Binomial(200, 0.98) < 180) = 9e-10 (exact), and even at
+    # power 0.95 it is 1.2e-3, so a failure means the test lost power
     assert flags / 200 >= 0.9
+    # an improved slice (80% -> 85%: P(lost) = 0.12 < P(gained) = 0.17) is called "regressed" only if its
+    # one-sided McNemar p-value falls below Holm's level (at most 0.05 / 4 = 0.0125 for a second rejection):
+    # summing over its Binomial(400, 0.29) discordant count, that has probability 1.4e-5 per slice, 5.6e-5 for
+    # any of the four, so 3 or more of 200 replicates have probability 2.3e-7 (computed exactly with scipy)
     assert wrong_slice <= 2
 
 
