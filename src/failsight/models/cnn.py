@@ -164,15 +164,12 @@ def predict_logits(model: nn.Module, x: Any, batch_size: int = 1024) -> np.ndarr
     return logits
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress(enabled: bool, label: str = "training"):
+    """Progress of a training loop: a rich bar in a terminal, log lines on stderr otherwise (see
+    :mod:`failsight.progress`)."""
+    from failsight.progress import progress_bar
 
-    return Progress(
-        TextColumn("[bold]training[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-        console=Console(stderr=True), transient=True, disable=not enabled,
-    )
+    return progress_bar(label, enabled)
 
 
 def train_classifier(
