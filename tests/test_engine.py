@@ -222,3 +222,28 @@ def test_progress_log_lines_have_step_counts_elapsed_and_eta():
     with progress_bar("x", enabled=False, stream=silent) as bar:
         bar.update(bar.add_task("x", total=2), advance=2)
     assert silent.getvalue() == ""
+
+
+def test_script_without_main_guard_falls_back_to_this_process(tmp_path):
+    """A user script without ``if __name__ == "__main__":``: the workers re-import it and die while starting; the
+    sweep finishes in the calling process with the same results and a warning that names the fix."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import warnings\n"
+        "from failsight.engine import LocalExecutor, Plan, run_sweep\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    with LocalExecutor(2) as ex:\n"
+        "        plan = Plan.build('engine.noop', [(i,) for i in range(5)])\n"
+        "        first = run_sweep(plan, None, executor=ex, progress=False)\n"
+        "        second = run_sweep(plan, None, executor=ex, progress=False)  # later stages: no new workers\n"
+        "print('RESULT', first == second == [(i,) for i in range(5)],\n"
+        "      any('__main__' in str(w.message) for w in caught), ex.last_mode)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
+    assert "RESULT True True serial (workers stopped)" in out.stdout, out.stdout + out.stderr[-3000:]
