@@ -696,7 +696,8 @@ def _conformal_shift_task(context: dict[str, Any], key: tuple[Any, ...], params:
     from failsight.robustness.shifts import corrupt
 
     name, s = key
-    xs = corrupt(context["x"], name, int(s), seed=context["seed"])
+    x = np.array(context["x"])  # a writable copy: workers memory-map the subset read-only
+    xs = corrupt(x, name, int(s), seed=context["seed"])
     return np.asarray(context["adapter"].predict(xs, batch_size=context["batch_size"]))
 
 
