@@ -26,8 +26,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# Two pytest workers on two threads each would oversubscribe the cores (failsight's default outside the sweep
+# engine is every core per process): one thread per pytest worker keeps workers x threads <= cores.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	FAILSIGHT_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # Refresh requirements.lock after changing dependencies in pyproject.toml (a throwaway venv resolves them).
 lock:

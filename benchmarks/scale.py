@@ -4,13 +4,15 @@ Reads MNIST from ``../shared/data/mnist/`` (skips with a message where it is abs
 (or loads the cached weights from ``benchmarks/.cache/``) and prints, in one run, for each set:
 
 - the single-core inference floor: the model's images/s on one thread, times the number of forward passes the
-  audit makes (every shift × severity over the test set, plus the clean, reference and OOD passes);
+  audit makes (every shift × severity over the test set, the clean pass, the reliability step's test and
+  calibration passes, the detection reference, the OOD images and the conformal sets' 500 images per condition);
 - the audit (reliability, robustness at the default shifts and severities, slices) with 1 worker and with all
   workers: wall time, wall / floor, peak RSS and peak PSS of the whole process tree (sampled from ``/proc``);
 - the same audit on a local Ray cluster: identical numbers (``to_dict()`` compared), overhead vs local.
 
 The second set is MNIST padded to 32×32 and tinted with a random colour per image (10k × 3×32×32), with its
-own CNN. ``--quick`` uses 2,000 test images and a 6-shift subset at severities 1, 3, 5 (a smoke run).
+own CNN. ``--quick`` uses 2,000 test images and a 6-shift subset at severities 1, 3, 5 on the MNIST set only (a
+smoke run of about 2-3 minutes on two idle cores, training the CNN included when it is not cached).
 
 Usage: python benchmarks/scale.py [--quick] [--sets mnist,rgb32] [--no-ray] [--workers N]
 """
@@ -36,7 +38,15 @@ QUICK_SHIFTS = ("gaussian_noise", "defocus_blur", "fog", "contrast", "jpeg_compr
 
 
 # ---------------------------------------------------------------------------------------------- the model
-class ScaleCNN(nn.Module):
+#: The CNN of both sets: failsight's :class:`~failsight.models.SmallCNN` at width 16 (two stages of two 3×3
+#: conv-BN-ReLU layers, 16 and 32 channels, on 28×28). Its cost per image is close to the issue's CNN (about
+#: 2,300 images/s on one core; this one ≈ 2,900 images/s on one thread of the development machine), so the
+#: sweep is inference-bound as in the issue. ``--model lenet`` picks a 6× cheaper LeNet-style net instead, where
+#: the corruptions dominate.
+WIDTH = 16
+
+
+class LeNet(nn.Module):
     """LeNet-style CNN: two 5×5 conv + pool stages, a 128-d penultimate layer, 10 logits.
 
     Defined at module level, as a user's model class would be, so worker processes unpickle it by reference.
@@ -54,25 +64,31 @@ class ScaleCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def _net(in_channels: int, size: int) -> ScaleCNN:
-    return ScaleCNN(in_channels, size)
+def _net(kind: str, in_channels: int, size: int) -> nn.Module:
+    from failsight.models.cnn import SmallCNN
+
+    if kind == "lenet":
+        return LeNet(in_channels, size)
+    return SmallCNN(in_channels, 10, size, width=WIDTH, seed=0)
 
 
-def _train(name: str, x: np.ndarray, y: np.ndarray) -> Any:
+def _train(kind: str, name: str, x: np.ndarray, y: np.ndarray) -> Any:
+    """The ``kind`` CNN for set ``name``, trained on ``(x, y)`` or loaded from ``benchmarks/.cache/``."""
     import torch
 
     from failsight.models.cnn import train_classifier
 
-    model = _net(x.shape[1], x.shape[2])
-    path = CACHE / f"{name}.pt"
+    model = _net(kind, x.shape[1], x.shape[2])
+    path = CACHE / f"{name}-{kind}.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     t = time.perf_counter()
-    train_classifier(model, x, y, epochs=2, batch_size=128, lr=2e-3, seed=0, progress=False, num_threads=1)
+    hist = train_classifier(model, x, y, epochs=1, batch_size=128, lr=3e-3, seed=0, progress=False)
     CACHE.mkdir(exist_ok=True)
     torch.save(model.state_dict(), path)
-    print(f"  trained {name} CNN in {time.perf_counter() - t:.0f} s (cached in {path})", flush=True)
+    print(f"  trained the {name} {kind} CNN in {time.perf_counter() - t:.0f} s, {hist.epochs} epoch(s) "
+          f"(cached in {path})", flush=True)
     return model.eval()
 
 
@@ -218,14 +234,17 @@ def task_overhead(executor: Any, n: int = 200) -> float:
 
 
 def run_set(name: str, model: Any, x_test: np.ndarray, y_test: np.ndarray, x_cal: np.ndarray, y_cal: np.ndarray,
-            shifts: Any, workers: int, use_ray: bool, mem: TreeMemory) -> list[dict[str, Any]]:
+            shifts: Any, workers: int, use_ray: bool, mem: TreeMemory, floor_seconds: float = 8.0
+            ) -> list[dict[str, Any]]:
     from failsight.robustness.analysis import default_shifts
 
     names = default_shifts(x_test.shape[1]) if shifts is None else shifts
     n_cond = 1 + 3 * len(names)
     n_ood = min(len(y_test), 1000)
-    passes = len(y_test) * n_cond + len(y_cal) + n_ood + len(y_cal)  # sweep, detection reference, OOD, calibration
-    rate = _floor(model, x_test)
+    n_conformal = min(len(y_test), 500) * (n_cond - 1)  # the conformal sets' coverage under each shift
+    # sweep; reliability (test, calibration); detection reference (= calibration); OOD; conformal under shift
+    passes = len(y_test) * n_cond + len(y_test) + len(y_cal) + len(y_cal) + n_ood + n_conformal
+    rate = _floor(model, x_test, seconds=floor_seconds)
     floor = passes / rate
     print(f"\n[{name}] {len(y_test):,} test images {tuple(x_test.shape[1:])}, {len(names)} shifts × 3 severities "
           f"= {n_cond} conditions, {passes:,} forward passes; 1-thread inference {rate:,.0f} images/s -> "
@@ -260,10 +279,13 @@ def run_set(name: str, model: Any, x_test: np.ndarray, y_test: np.ndarray, x_cal
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2,000 test images and 6 shifts (a smoke run)")
-    ap.add_argument("--sets", default="mnist,rgb32", help="comma-separated: mnist, rgb32")
+    ap.add_argument("--sets", default=None, help="comma-separated: mnist, rgb32 (default both; --quick: mnist)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray comparison")
     ap.add_argument("--workers", type=int, default=None, help="workers of the parallel runs (default: all cores)")
     ap.add_argument("--n-test", type=int, default=None, help="test images (default 10,000; --quick 2,000)")
+    ap.add_argument("--model", choices=("smallcnn", "lenet"), default="smallcnn",
+                    help="the CNN: failsight's SmallCNN width 16 (default; costs about what the issue's CNN costs) "
+                         "or a 6x cheaper LeNet")
     ap.add_argument("--overhead", action="store_true", help="also measure the per-task cost of each executor")
     args = ap.parse_args(argv)
     if not (MNIST / "t10k-images-idx3-ubyte.gz").is_file():
@@ -288,15 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     x_cal, y_cal, x_fit, y_fit = x_tr[-5000:], y_tr[-5000:], x_tr[:-5000], y_tr[:-5000]
     mem = TreeMemory()
     rows: list[dict[str, Any]] = []
-    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    sets = [s.strip() for s in (args.sets or ("mnist" if args.quick else "mnist,rgb32")).split(",") if s.strip()]
+    floor_seconds = 3.0 if args.quick else 8.0
     if "mnist" in sets:
-        model = _train("mnist", x_fit, y_fit)
+        model = _train(args.model, "mnist", x_fit, y_fit)
         rows += run_set("mnist 1x28x28", model, x_te[:n_test], y_te[:n_test], x_cal, y_cal, shifts, workers,
-                        use_ray, mem)
+                        use_ray, mem, floor_seconds)
     if "rgb32" in sets:
-        model = _train("rgb32", _rgb32(x_fit[:20000], 1), y_fit[:20000])
+        model = _train(args.model, "rgb32", _rgb32(x_fit[:20000], 1), y_fit[:20000])
         rows += run_set("rgb 3x32x32", model, _rgb32(x_te[:n_test], 2), y_te[:n_test], _rgb32(x_cal, 3), y_cal,
-                        shifts, workers, use_ray, mem)
+                        shifts, workers, use_ray, mem, floor_seconds)
     mem.stop()
     print("\n| set | run | wall s | shift sweep s | wall / 1-core floor | peak RSS GiB (tree) | peak PSS GiB (tree) "
           "| same numbers |")

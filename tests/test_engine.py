@@ -222,3 +222,46 @@ def test_progress_log_lines_have_step_counts_elapsed_and_eta():
     with progress_bar("x", enabled=False, stream=silent) as bar:
         bar.update(bar.add_task("x", total=2), advance=2)
     assert silent.getvalue() == ""
+
+
+def test_script_without_main_guard_falls_back_to_this_process(tmp_path):
+    """A user script without ``if __name__ == "__main__":``: the workers re-import it and die while starting; the
+    sweep finishes in the calling process with the same results and a warning that names the fix."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import warnings\n"
+        "from failsight.engine import LocalExecutor, Plan, run_sweep\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    with LocalExecutor(2) as ex:\n"
+        "        plan = Plan.build('engine.noop', [(i,) for i in range(5)])\n"
+        "        first = run_sweep(plan, None, executor=ex, progress=False)\n"
+        "        second = run_sweep(plan, None, executor=ex, progress=False)  # later stages: no new workers\n"
+        "print('RESULT', first == second == [(i,) for i in range(5)],\n"
+        "      any('__main__' in str(w.message) for w in caught), ex.last_mode)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
+    assert "RESULT True True serial (workers stopped)" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_conformal_shift_tasks_identical_for_any_worker_count():
+    """The audit's conformal-coverage-under-shift tasks: the same outputs in this process and on 2 worker
+    processes (each task on one thread, seeds from the audit seed), in plan order."""
+    import failsight.auditing.core  # noqa: F401 - registers the task kind
+    from failsight.models import SmallCNN
+    from failsight.models.adapters import as_model
+
+    x = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
+    ctx = {"x": x, "seed": 3, "adapter": as_model(SmallCNN(1, 10, 8, width=4, seed=0).eval()), "batch_size": None}
+    plan = Plan.build("audit.conformal_shift", [("gaussian_noise", 3), ("contrast", 1), ("jpeg_compression", 5)])
+    one = run_sweep(plan, ctx, executor=SerialExecutor(threads=1), progress=False)
+    with LocalExecutor(2) as ex:
+        two = run_sweep(plan, ctx, executor=ex, progress=False)
+    assert [o.shape for o in one] == [(40, 10)] * 3
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -72,3 +72,74 @@ def test_vae_trains_by_budget():
     assert h.stop.reason == "step budget" and h.stop.steps == 7 and h.epochs == 3  # 3 + 3 + 1 steps
     with pytest.raises(FailsightInputError, match="not both"):
         v.fit(x, epochs=2, budget=TrainingBudget(), progress=False)
+
+
+def _tiny_classifier_data(n: int = 96):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.3, (n, 1, 8, 8)).astype(np.float32)
+    x[np.arange(n), 0, y, y] += 2.0  # a learnable cue per class
+    return x, y
+
+
+def test_classifier_trains_by_budget():
+    from failsight.models import SmallCNN, train_classifier
+
+    x, y = _tiny_classifier_data()
+    m = SmallCNN(1, 3, 8, width=4, seed=0)
+    h = train_classifier(m, x, y, budget=TrainingBudget(max_steps=7, patience=None), batch_size=32, progress=False)
+    assert h.stop.reason == "step budget" and h.stop.steps == 7
+    assert h.epochs == 3 and len(h.train_loss) == 3  # 3 + 3 + 1 steps: the last epoch is partial
+    with pytest.raises(FailsightInputError, match="not both"):
+        train_classifier(m, x, y, epochs=2, budget=TrainingBudget(), progress=False)
+    with pytest.raises(FailsightInputError, match="TrainingBudget"):
+        train_classifier(m, x, y, budget={"max_steps": 3}, progress=False)
+
+
+def test_classifier_default_budget_scales_with_data():
+    from failsight.models.cnn import DEFAULT_CLASSIFIER_BUDGET
+
+    small = DEFAULT_CLASSIFIER_BUDGET.plan(900, 64)  # the digits' training split: the 30-epoch cap binds
+    assert small.max_steps == 30 * 15
+    large = DEFAULT_CLASSIFIER_BUDGET.plan(55_000, 64)  # MNIST: the step cap binds, not 30 × 860 steps
+    assert large.max_steps == 3000 and large.max_steps < 4 * large.steps_per_epoch
+
+
+def test_classifier_epochs_equal_budget_of_epochs():
+    """``epochs=N`` is the fixed-epoch budget: same weights as ``budget=TrainingBudget.epochs(N)`` (same seed,
+    same operations in the same order on one thread, so bit-identical)."""
+    import torch
+
+    from failsight.models import SmallCNN, train_classifier
+
+    x, y = _tiny_classifier_data()
+    ws = []
+    for kw in ({"epochs": 2}, {"budget": TrainingBudget.epochs(2)}):
+        m = SmallCNN(1, 3, 8, width=4, seed=0)
+        h = train_classifier(m, x, y, batch_size=32, progress=False, num_threads=1, **kw)
+        assert h.epochs == 2 and h.stop.steps == 6
+        ws.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    assert torch.equal(ws[0], ws[1])
+
+
+def test_training_progress_logs_without_terminal(capsys):
+    """Not a terminal (pytest captures stderr): plain log lines, first and last always written."""
+    from failsight.models import SmallCNN, train_classifier
+
+    x, y = _tiny_classifier_data()
+    train_classifier(SmallCNN(1, 3, 8, width=4, seed=0), x, y, epochs=2, batch_size=32, progress=True)
+    err = capsys.readouterr().err
+    assert "[failsight] training" in err and "6/6" in err and "done" in err
+
+
+def test_auto_threads_uses_every_core(monkeypatch):
+    """Work outside the sweep engine gets every usable core (÷ the processes sharing them), whatever the input size."""
+    from failsight._threads import auto_threads
+    from failsight.engine import available_cores
+
+    monkeypatch.delenv("FAILSIGHT_NUM_THREADS", raising=False)
+    cores = available_cores()
+    assert auto_threads(64) == cores and auto_threads(3 * 224 * 224) == cores
+    assert auto_threads(64, workers=cores) == 1 and auto_threads(64, workers=4 * cores) == 1
+    monkeypatch.setenv("FAILSIGHT_NUM_THREADS", "3")
+    assert auto_threads(64) == 3

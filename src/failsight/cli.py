@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +210,7 @@ def demo(
                                            help="With --mnist: use N training images (default all 55k)."),
     steps: str = typer.Option("reliability,robustness,defuse,slices,study", "--steps",
                               help="Comma-separated pillars to run (reliability is always run)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:
     """Train a small CNN on the bundled handwritten digits and audit it with every pillar.
 
@@ -230,7 +229,7 @@ def demo(
         step_list = [s.strip() for s in steps.split(",") if s.strip()]
         if "reliability" not in step_list:
             step_list.insert(0, "reliability")
-        res = run_demo(out, seed=seed, force=force, progress=not quiet and sys.stderr.isatty(), epochs=epochs,
+        res = run_demo(out, seed=seed, force=force, progress=not quiet, epochs=epochs,
                        steps=step_list, mnist=mnist, mnist_train=mnist_train)
     except (FailsightInputError, OSError) as exc:
         _fail(exc)
@@ -437,7 +436,7 @@ def defuse(
     seed: int = typer.Option(0, "--seed", help="Seed of every random step (the same seed gives the same regions)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing outputs in --out (never the "
                                                            "labels file passed with --labels)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:
     """Defuse (Slack et al. 2021): search a generative model's latent space for natural inputs the model gets
     wrong, group them into misclassification regions and write a grid per region with a labels.csv to fill in.
@@ -459,7 +458,7 @@ def defuse(
     report_path, results_path = out / "report.html", out / "results.json"
     gen_path = generator if generator is not None else out / "generator.pt"
     fixed_path = out / "fixed_model.pt"
-    progress = not quiet and sys.stderr.isatty()
+    progress = not quiet  # a bar in a terminal, plain log lines on stderr otherwise
     try:
         _check_out(out, ["report.html", "results.json"] + (["fixed_model.pt"] if labels is not None else
                                                            ["regions/labels.csv", "regions/regions.npz"]), force)
@@ -734,7 +733,7 @@ def study(
     out: Path = typer.Option(Path("failsight-study"), "--out", "-o", parser=_out_dir, metavar="DIR",
                              help="Output folder."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:
     """Train a compositional network and its ablations (frozen embeddings, no attention, both) over
     seeds on generated shapes x colours images; report shape / colour / object / zero-shot accuracy and
@@ -749,7 +748,7 @@ def study(
             raise FailsightInputError(f"unknown study {name!r}; available: shapes-colors.")
         report_path, results_path = _check_out(out, ("report.html", "results.json"), force)
         seed_list = None if seeds is None else [int(s) for s in seeds.split(",") if s.strip()]
-        res = run_study(grid, seeds=seed_list, epochs=epochs, progress=not quiet and sys.stderr.isatty())
+        res = run_study(grid, seeds=seed_list, epochs=epochs, progress=not quiet)
         Report(title="failsight study: shapes × colours").add(study_section(res)).write(report_path, force=force)
         write_json(results_path, {"failsight_version": __version__, "study": res}, force=force)
     except (FailsightInputError, ValueError, OSError) as exc:

@@ -117,17 +117,17 @@ def run_demo(
     fixed) and the shapes × colours study (``steps`` picks among :data:`DEMO_STEPS`). ``*_kwargs`` pass options
     to a step (tests use them for small runs). The run is recorded in ``db`` (default ``failsight-runs.db``
     beside ``out_dir``) unless ``record`` is false. Refuses to overwrite existing outputs unless ``force``
-    (checked before any work). Runs on one torch thread: fastest for these small networks, and robust on a
-    busy machine.
+    (checked before any work). Uses every core (:func:`failsight._threads.auto_threads`;
+    ``FAILSIGHT_NUM_THREADS=1`` keeps it on one thread, e.g. on a busy shared machine).
 
     ``mnist``: a folder with the four MNIST IDX files the user has (``train-images-idx3-ubyte[.gz]``...): the
     same demo on real 28×28 digits (55k train / 5k calibration / 10k test, or ``mnist_train`` training images),
     a width-16 CNN trained for 2 epochs by default, the generator trained by budget, and the planted bug a
     sub-style of 4 read as 9. Default ``epochs``/``width``: 30/32 on the digits.
     """
-    from failsight._threads import limit_threads
+    from failsight._threads import auto_threads, limit_threads
 
-    with limit_threads(1):
+    with limit_threads(auto_threads()):
         from failsight.auditing import audit
         from failsight.auditing.core import default_store
         from failsight.auditing.report import audit_report

@@ -509,7 +509,7 @@ def _audit(*, model: Any, test_d: Any, calibration: Any, train: Any, groups: Any
     if conf is not None:  # coverage of the calibrated sets under each shift: where the guarantee breaks
         t = time.perf_counter()
         conf = _conformal_under_shift(conf, adapter, test_d, rob, shifts, severities, seed, batch_size,
-                                      conformal_options)
+                                      conformal_options, engine=robustness_options, progress=progress)
         if "reliability" in status:
             s_ = status["reliability"]
             status["reliability"] = dataclasses.replace(s_, seconds=s_.seconds + time.perf_counter() - t)
@@ -690,14 +690,37 @@ def _run_conformal(y_test: np.ndarray, out_test: np.ndarray, cal_d: Any, out_cal
         return None
 
 
+def _conformal_shift_task(context: dict[str, Any], key: tuple[Any, ...], params: dict[str, Any]) -> np.ndarray:
+    """One engine task of :func:`_conformal_under_shift`: the subset corrupted by ``key = (shift, severity)`` and
+    the model's outputs on it ``(n_shift, k)`` (small: the sets are built on the driver)."""
+    from failsight.robustness.shifts import corrupt
+
+    name, s = key
+    x = np.array(context["x"])  # a writable copy: workers memory-map the subset read-only
+    xs = corrupt(x, name, int(s), seed=context["seed"])
+    return np.asarray(context["adapter"].predict(xs, batch_size=context["batch_size"]))
+
+
+def _register_conformal_task() -> None:
+    from failsight.engine import TaskKind, register_task_kind
+
+    register_task_kind(TaskKind("audit.conformal_shift", run=_conformal_shift_task, mergeable=False))
+
+
+_register_conformal_task()
+
+
 def _conformal_under_shift(conf: Any, adapter: Any, test_d: Any, rob: Any, shifts: Any, severities: Any, seed: int,
-                           batch_size: int | None, options: Any) -> Any:
+                           batch_size: int | None, options: Any, engine: Mapping[str, Any] | None = None,
+                           progress: bool = False) -> Any:
     """Coverage and mean set size of the calibrated sets on shifted test images (the shifts the robustness step
-    evaluated, at each severity; a seeded subset of ``n_shift`` test images)."""
+    evaluated, at each severity; a seeded subset of ``n_shift`` test images). One engine task per condition
+    (``engine``: the robustness step's ``workers`` / ``backend`` / ``ray_address``), each on one thread like the
+    shift sweep, so the numbers do not depend on the worker count."""
     if rob is None or _robustness_blocker(test_d) is not None:
         return conf
+    from failsight.engine import Plan, run_sweep
     from failsight.reliability.conformal import ConformalClassifier
-    from failsight.robustness.shifts import corrupt
 
     opts = dict(options or {})
     n_shift = check_int(opts.pop("n_shift", 500), "n_shift")
@@ -706,14 +729,18 @@ def _conformal_under_shift(conf: Any, adapter: Any, test_d: Any, rob: Any, shift
     cc.quantile_, cc.n_classes_ = conf.quantile, len(conf.class_coverage)
     cc.k_reg_, cc.lam_ = conf.k_reg, conf.lam
     idx = np.sort(np.random.default_rng([seed, 17]).permutation(len(test_d.y))[:n_shift])
-    x, y = test_d.x[idx], test_d.y[idx]
+    x, y = np.ascontiguousarray(test_d.x[idx]), test_d.y[idx]
     sev = tuple(rob.severities) if getattr(rob, "severities", None) else tuple(severities)
+    keys = [(name, int(s)) for name in rob.shifts for s in sev]
+    eng = {k: v for k, v in dict(engine or {}).items() if k in ("workers", "backend", "ray_address")}
+    outs = run_sweep(Plan.build("audit.conformal_shift", keys), {"x": x, "seed": seed, "adapter": adapter,
+                                                                  "batch_size": batch_size},
+                     progress=progress, label="conformal under shift", work=float(x.size) * len(keys),
+                     describe=lambda sp: f"{sp.key[0]} s{sp.key[1]}", **eng)
     out: dict[str, tuple[float, float]] = {}
-    for name in rob.shifts:
-        for s in sev:
-            xs = corrupt(x, name, int(s), seed=seed)
-            sets = cc.predict_sets(adapter.predict(xs, batch_size=batch_size))
-            out[f"{name} s{s}"] = (float(sets[np.arange(len(y)), y].mean()), float(sets.sum(axis=1).mean()))
+    for (name, s), raw in zip(keys, outs, strict=True):
+        sets = cc.predict_sets(raw)
+        out[f"{name} s{s}"] = (float(sets[np.arange(len(y)), y].mean()), float(sets.sum(axis=1).mean()))
     return dataclasses.replace(conf, shift_coverage=out)
 
 

@@ -341,10 +341,8 @@ class VAE(nn.Module):
 
 
 def _progress(label: str, enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress of a Defuse loop: a rich bar in a terminal, log lines on stderr otherwise (see
+    :mod:`failsight.progress`)."""
+    from failsight.progress import progress_bar
 
-    return Progress(
-        TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=True, disable=not enabled,
-    )
+    return progress_bar(label, enabled)

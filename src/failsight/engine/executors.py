@@ -29,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,9 @@ __all__ = ["Executor", "LocalExecutor", "RayExecutor", "SerialExecutor", "availa
 #: numpy arrays at least this large travel to local workers as memory-mapped ``.npy`` files.
 SPILL_BYTES = 1 << 20
 #: Modules the forkserver imports once, so that forked workers start without re-importing them.
+#: ``failsight.engine._warm`` also loads the numba corruption kernels there (once per driver process, not per worker).
 _PRELOAD = ["torch", "numpy", "failsight.engine.executors", "failsight.robustness.evaluate",
-            "failsight.robustness.detect", "failsight.reliability.metrics"]
+            "failsight.robustness.detect", "failsight.reliability.metrics", "failsight.engine._warm"]
 
 
 def available_cores() -> int:
@@ -234,6 +236,7 @@ class LocalExecutor(Executor):
         self.mode = mode
         self.threads = threads_per_worker(self.workers) if threads is None else check_int(threads, "threads")
         self._pool: ProcessPoolExecutor | None = None
+        self._broken = False  # worker processes died once: later stages run in this process
         self._tmp: str | None = None
         self.last_mode: str | None = None
 
@@ -252,6 +255,9 @@ class LocalExecutor(Executor):
     def _iter(self, plan: Plan, context: Any):
         mode = self.mode
         folder = None
+        if self._broken and mode != "thread":
+            yield from self._serial(plan, context, set())
+            return
         if mode != "thread":
             folder = tempfile.mkdtemp(prefix="failsight-ctx-")
             try:
@@ -268,20 +274,53 @@ class LocalExecutor(Executor):
         if mode == "thread":
             yield from self._iter_threads(plan, context)
             return
+        done_idx: set[int] = set()
         try:
-            pool = self._process_pool()
-            token = uuid.uuid4().hex
-            futures: dict[Future, int] = {pool.submit(_worker_task, token, path, get_task_kind(spec.kind).run, spec): i
-                                          for i, spec in enumerate(plan.specs)}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=futures.__getitem__):
-                    ok, value = fut.result()
-                    yield futures[fut], ok, value
+            try:
+                pool = self._process_pool()
+                token = uuid.uuid4().hex
+                futures: dict[Future, int] = {
+                    pool.submit(_worker_task, token, path, get_task_kind(spec.kind).run, spec): i
+                    for i, spec in enumerate(plan.specs)}
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in sorted(done, key=futures.__getitem__):
+                        ok, value = fut.result()
+                        done_idx.add(futures[fut])
+                        yield futures[fut], ok, value
+            except BrokenProcessPool as exc:
+                yield from self._after_broken_pool(plan, context, done_idx, exc)
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _after_broken_pool(self, plan: Plan, context: Any, done_idx: set[int], exc: BaseException):
+        """A worker process died (typically a script without ``if __name__ == "__main__":``, whose re-import in
+        the worker starts the sweep again, or a worker killed for memory): run the remaining tasks here, with
+        the same thread count (so the numbers do not change), and say so."""
+        import warnings
+
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._broken = True
+        warnings.warn(
+            f"failsight's worker processes stopped ({type(exc).__name__}: {exc}); the remaining "
+            f"{len(plan) - len(done_idx)} task(s) run in this process. In a script, put the code that runs the "
+            "analysis under `if __name__ == \"__main__\":` (worker processes re-import the main module), or pass "
+            "workers=1.", RuntimeWarning, stacklevel=4)
+        yield from self._serial(plan, context, done_idx)
+
+    def _serial(self, plan: Plan, context: Any, done_idx: set[int]):
+        from failsight._threads import limit_threads
+
+        self.last_mode = "serial (workers stopped)"
+        with limit_threads(self.threads):
+            for i, spec in enumerate(plan.specs):
+                if i not in done_idx:
+                    ok, value = _call(get_task_kind(spec.kind).run, context, spec)
+                    yield i, ok, value
 
     def _iter_threads(self, plan: Plan, context: Any):
         from failsight._threads import limit_threads
@@ -368,8 +407,10 @@ class RayExecutor(Executor):
 
 
 #: With ``workers=None``, sweeps of less work than this (input values × tasks) run in this process: starting
-#: worker processes (about a second each, importing torch) would cost more than they save.
-SERIAL_WORK = 5e7
+#: worker processes (about a second each, importing torch) would cost more than they save. 1e7 values are 12,800
+#: MNIST images: about 5 s of a CNN as costly as the issue's (2,300 images/s), 1 s of a LeNet; the 8×8 digits'
+#: sweeps (449 images × 20 conditions = 0.6e6) stay in the process.
+SERIAL_WORK = 1e7
 
 
 def make_executor(workers: int | None = None, backend: str = "local", *, ray_address: str | None = None,
