@@ -641,3 +641,17 @@ def test_zero_probability_gives_infinite_nll_and_is_not_chosen():
     assert iso.cv_zero_prob_rows == 0 or iso.cv_nll == np.inf
     assert res.best != "isotonic" or np.isfinite(iso.cv_nll)
     assert "temperature" not in res.zero_prob
+
+
+def test_findings_name_every_calibrator_in_words():
+    """The audit's finding words each built-in calibrator by its method name, never "dirichlet scaling"."""
+    from failsight.auditing.findings import calibrator_phrase
+    from failsight.reliability.calibrators import CALIBRATORS
+
+    for name in CALIBRATORS:
+        phrase = calibrator_phrase(name)
+        assert phrase != name and name.lower() in phrase.lower()
+    assert calibrator_phrase("dirichlet") == "Dirichlet calibration"
+    assert calibrator_phrase("temperature") == "temperature scaling"
+    assert calibrator_phrase("isotonic") == "isotonic regression"
+    assert calibrator_phrase("mine") == "the mine calibrator"
