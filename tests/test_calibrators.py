@@ -604,7 +604,7 @@ def test_cv_nll_is_the_out_of_fold_nll(multi):
     folds = fold_ids(y, 4, 3)
     assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
     for name, est in (("temperature", TemperatureScaling()),
-                      ("vector", VectorScaling(reg_lambda=res.fitted["vector"].reg_lambda_))):
+                      ("vector", VectorScaling(**res.fitted["vector"].selected_params_))):
         lp = np.empty(len(y))
         for f in range(4):
             q = clone(est).fit(z[folds != f], y[folds != f]).predict_proba(z[folds == f])
