@@ -124,9 +124,13 @@ SCENARIOS = {
     "underconfident": ((3, 3), lambda c: np.clip(0.1 + 1.1 * (c - 0.1), 0, 1)),
     "calibrated-flat": ((1, 1), lambda c: c),
     "mildly-under": ((4, 2), lambda c: np.clip(c + 0.01, 0, 1)),
+    "sharp-over": ((8, 1.5), lambda c: c ** 1.15),
+    "s-curve": ((3, 2), lambda c: 1.0 / (1.0 + ((1.0 - c) / c) ** 1.3)),
 }
 TUNE_SCENARIOS = ("calibrated", "overconfident", "mildly-over", "wiggle")
-HELD_OUT_SCENARIOS = ("underconfident", "calibrated-flat", "mildly-under")
+#: the first three were seen once with an earlier version of the interval (issue 14, first pass and this
+#: one); the last two were added afterwards and run only with the final method
+HELD_OUT_SCENARIOS = ("underconfident", "calibrated-flat", "mildly-under", "sharp-over", "s-curve")
 
 
 def true_binned_ece(name: str, m: int = 2_000_000) -> float:

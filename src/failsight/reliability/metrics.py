@@ -341,10 +341,9 @@ def calibration_error(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Stra
         true error most of the time. Instead the interval is built around the debiased estimate ``d``
         (stored in ``ci_estimate``). First a test of calibration by consistency resampling (labels redrawn
         as a calibrated model with these scores would get them, ``n_boot`` times): when ``d`` is within the
-        ``ci`` quantile of those draws the interval is one-sided, ``[0, d + z sd]`` (``sd``: bootstrap
-        standard deviation of the debiased estimator, ``z`` its ``ci`` normal quantile); otherwise
-        two-sided, lower end ``d - (q_hi - plug-in)`` (basic bootstrap pivoted on the bootstrap world's
-        true error, the plug-in value), upper ``d + z sd`` (``z`` at ``1 - alpha / 2``). Simulated
+        ``ci`` quantile of those draws the lower end is 0, otherwise ``d - (q_hi - plug-in)`` (basic
+        bootstrap pivoted on the bootstrap world's true error, the plug-in value); upper end ``d + z sd``
+        (``sd``: bootstrap standard deviation of the debiased estimator, ``z`` at ``1 - alpha / 2``). Simulated
         coverage of the 95% interval with known true ECE: see ``benchmarks/README.md`` (calibration); the
         plug-in value itself can lie above the interval for a nearly calibrated model. ``"percentile"``: the old percentile interval of the
         chosen estimator (also used for ``norm="max"``, which has no debiased form).
@@ -437,17 +436,19 @@ def _debiased_interval(red: _binning.Reduced, kind: str, norm: str, level: float
                        seed: int) -> tuple[Interval, float]:
     """Interval for the population binned error around the debiased estimate ``d`` (see ``calibration_error``).
 
-    1. Test "calibrated" by consistency resampling (:func:`_null_errors`): the debiased estimator's exact
-       distribution at a true error of 0 for these scores. When ``d`` is within its ``level`` quantile the data
-       are consistent with calibration at ``1 - level`` and the interval is one-sided: ``[0, d + z sd]``
-       with ``z`` the ``level`` normal quantile and ``sd`` the standard deviation of the debiased estimator
-       over bootstrap resamples.
-    2. Otherwise two-sided: upper ``d + z sd`` (``z`` at ``1 - alpha / 2``); lower end the basic bootstrap
-       with the right pivot, ``d - (q_hi - e)``: in the bootstrap world the true error is the plug-in value
-       ``e`` of the sample (not ``d``), so ``q_hi - e`` is how far the debiased estimator overshoots.
+    Upper end ``d + z sd`` (``z`` the ``1 - alpha / 2`` normal quantile, ``sd`` the standard deviation of the
+    debiased estimator over bootstrap resamples). Lower end:
 
-    Switching between the two (as Feldman & Cousins 1998 do near a physical boundary) keeps the coverage at
-    a true error of 0 at ``level`` by construction. Coverage by simulation: ``benchmarks/calibration_real.py``.
+    1. 0 when the data are consistent with calibration: ``d`` within the ``level`` quantile of the consistency
+       resampling (:func:`_null_errors`, the estimator's distribution at a true error of 0 for these
+       scores). So at a true error of 0 the interval covers with probability ``level`` by construction.
+    2. Otherwise the basic bootstrap with the right pivot, ``d - (q_hi - e)``: in the bootstrap world the
+       true error is the plug-in value ``e`` of the sample (not ``d``), so ``q_hi - e`` is how far the
+       debiased estimator overshoots.
+
+    The upper end stays two-sided in case 1 (a one-sided ``level`` bound there, as in a flip-flopping
+    Feldman & Cousins construction, under-covered small true errors). Coverage by simulation:
+    ``benchmarks/calibration_real.py``.
     """
     from scipy.stats import norm as _normal
 
@@ -457,12 +458,11 @@ def _debiased_interval(red: _binning.Reduced, kind: str, norm: str, level: float
     boot = _bootstrap_errors(red, kind, norm, True, n_boot, seed)
     null = _null_errors(red, kind, norm, n_boot, seed)
     alpha = 1.0 - level
-    sd = float(boot.std(ddof=1))
+    high = d + float(_normal.ppf(1.0 - alpha / 2.0)) * float(boot.std(ddof=1))
     if d <= float(np.quantile(null, level)):
-        return Interval(0.0, d + float(_normal.ppf(level)) * sd, level), float(d)
+        return Interval(0.0, high, level), float(d)
     q_hi = float(np.quantile(boot, 1.0 - alpha / 2.0))
-    low = min(max(0.0, d - (q_hi - e)), d)
-    return Interval(low, d + float(_normal.ppf(1.0 - alpha / 2.0)) * sd, level), float(d)
+    return Interval(min(max(0.0, d - (q_hi - e)), d), high, level), float(d)
 
 
 def ece(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: Strategy = "uniform", norm: Norm = "l1") -> float:
