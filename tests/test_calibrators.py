@@ -680,3 +680,17 @@ def test_cv_walks_to_stronger_values_only_when_the_strongest_grid_value_wins():
         assert est.selected_params_["reg_lambda"] == est.reg_lambda_
         walked.append(strongest_won)
     assert walked == [True, False]  # both branches exercised (fixed seed; calibrated vs strongly mixed)
+
+
+def test_default_set_by_class_count():
+    """Dirichlet calibration leaves the default set above MAX_CLASSES_DIRICHLET, matrix scaling above
+    MAX_CLASSES_FULL_MATRIX; temperature and vector scaling stay at any class count."""
+    from failsight.reliability.compare import MAX_CLASSES_DIRICHLET, MAX_CLASSES_FULL_MATRIX, _resolve
+
+    def names(k: int) -> list[str]:
+        return [n for n, _ in _resolve(None, k, "logits")]
+
+    assert names(10) == ["temperature", "vector", "matrix", "dirichlet"]
+    assert names(MAX_CLASSES_DIRICHLET) == ["temperature", "vector", "matrix", "dirichlet"]
+    assert names(MAX_CLASSES_DIRICHLET + 1) == ["temperature", "vector", "matrix"]
+    assert names(MAX_CLASSES_FULL_MATRIX + 1) == ["temperature", "vector"]

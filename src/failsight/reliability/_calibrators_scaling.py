@@ -299,6 +299,17 @@ class _LinearSoftmaxCalibrator(BaseCalibrator):
                  theta0: np.ndarray | None = None) -> tuple[np.ndarray, Any, float]:
         return _fit_linear_softmax(F, y, self._full_matrix, *self._regs(lam, F.shape[1]), max_iter, tol, theta0)
 
+    def _ts_start(self, F: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Starting point: temperature scaling, ``W = I / T``, ``b = 0`` (``softmax(log p / T)`` is
+        ``softmax(z / T)`` too, so this is temperature scaling for Dirichlet as well). From the identity
+        (the uncalibrated model) an over-confident model's fit crawled along that one direction."""
+        k = F.shape[1]
+        z = np.ascontiguousarray(F, dtype=np.float64)
+        beta, _ = _solve_beta(z, y, 1.0, max(1, len(y) // _SUBSAMPLE_ROWS), rtol=1e-6)
+        beta = float(np.clip(beta, 1e-3, 1e3))
+        w0 = (beta * np.eye(k)).ravel() if self._full_matrix else np.full(k, beta)
+        return np.concatenate([w0, np.zeros(k)])
+
     def _cv_select(self, F: np.ndarray, y: np.ndarray, max_iter: int,
                    tol: float) -> tuple[float, dict[float, float], np.ndarray | None]:
         n_folds = check_int(self.cv, "cv", minimum=2)
@@ -347,7 +358,8 @@ class _LinearSoftmaxCalibrator(BaseCalibrator):
                     break
             return first
 
-        at_first = walk(CV_GRID, [None] * n_folds)
+        start = self._ts_start(F, y)
+        at_first = walk(CV_GRID, [start] * n_folds)
         if state["lam"] == CV_GRID[0] * norm:  # the strongest value won: look further on the strong side
             walk(CV_GRID_STRONG, at_first)
         return state["lam"], dict(sorted(curve.items(), reverse=True)), state["theta"]
@@ -371,6 +383,7 @@ class _LinearSoftmaxCalibrator(BaseCalibrator):
         else:
             lam = _check_reg(self.reg_lambda, "reg_lambda")
             self.cv_nll_ = None
+            theta0 = self._ts_start(F, y)
         theta, res, g_max = self._fit_one(F, y, lam, max_iter, tol, theta0)
         k = F.shape[1]
         self.reg_lambda_ = lam
