@@ -206,7 +206,7 @@ def _fit_linear_softmax(F: np.ndarray, y: np.ndarray, full_matrix: bool, reg_off
     Objective: mean NLL + ``reg_offdiag / (k (k-1)) * sum_{i != j} W_ij^2`` + ``reg_intercept / k *
     sum b^2`` (ODIR, Kull et al. 2019) + ``reg_l2 * sum W^2`` + ``reg_spread / k * sum_j (w_j - mean w)^2``
     (vector scaling only: shrinks the per-class scales towards one temperature). Starts from ``theta0``
-    or the identity map (W = I, b = 0); deterministic. Each parameter is rescaled by ``1 / sqrt(1 + its
+    (the calibrators pass the temperature-scaling solution) or the identity map (W = I, b = 0); deterministic. Each parameter is rescaled by ``1 / sqrt(1 + its
     penalty curvature)`` so that strong regularisation does not make the problem ill-conditioned for
     L-BFGS. Returns ``(theta = [W.ravel(), b], scipy result, largest |gradient| entry at the end)``.
     """
@@ -427,8 +427,8 @@ class VectorScaling(_LinearSoftmaxCalibrator):
     pulls the per-class scales towards one common temperature (``reg_lambda -> inf``: temperature scaling
     with a bias) and ``reg_mu / k * sum_j b_j^2`` the biases to 0 (``reg_mu=None``: same as
     ``reg_lambda``). ``reg_lambda=0, reg_mu=0`` is the unregularised maximum-likelihood fit.
-    Fitted by L-BFGS-B on the full-batch mean NLL with analytic gradients, from the identity map
-    (deterministic). Probabilities are used through ``log(p)``. Does not preserve the arg-max in general
+    Fitted by L-BFGS-B on the full-batch mean NLL with analytic gradients, from the temperature-scaling
+    solution ``w = 1 / T`` (deterministic). Probabilities are used through ``log(p)``. Does not preserve the arg-max in general
     (per-class weights and biases can reorder classes).
     {reg}
     Attributes: ``coef_`` ``(k,)``, ``intercept_`` ``(k,)``, ``reg_lambda_``, ``cv_nll_``, ``n_iter_``,
@@ -455,8 +455,8 @@ class MatrixScaling(_LinearSoftmaxCalibrator):
     Objective: mean NLL + ``reg_lambda / (k (k-1)) * sum_{i != j} W_ij^2`` (off-diagonal) +
     ``reg_mu / k * sum_j b_j^2`` (intercept); ``reg_mu=None`` uses ``reg_lambda``. With a large
     ``reg_lambda`` and ``reg_mu=0`` it approaches unregularised vector scaling. Fitted by L-BFGS-B
-    (analytic gradients, identity start, deterministic). Probabilities are used through ``log(p)`` (then it
-    equals :class:`DirichletCalibration` without its L2 term). Does not preserve the arg-max in general.
+    (analytic gradients, temperature-scaling start ``W = I / T``, deterministic). Probabilities are used
+    through ``log(p)`` (then it equals :class:`DirichletCalibration` without its L2 term). Does not preserve the arg-max in general.
     {reg}
     Attributes: ``coef_`` ``(k, k)``, ``intercept_`` ``(k,)``, ``reg_lambda_``, ``cv_nll_``, ``n_iter_``,
     ``converged_``.
@@ -480,8 +480,8 @@ class DirichletCalibration(_LinearSoftmaxCalibrator):
     (``reg_lambda`` off-diagonal, ``reg_mu`` intercept, both scaled as in the paper) and/or
     ``reg_l2 * sum W^2`` on the whole matrix (the intercept is not L2-penalised, so ``reg_l2``
     corresponds to scikit-learn's multinomial ``LogisticRegression(C = 1 / (2 n reg_l2))`` on ``log p``).
-    Fitted by L-BFGS-B (analytic gradients, identity start, deterministic). Does not preserve the arg-max
-    in general.
+    Fitted by L-BFGS-B (analytic gradients, temperature-scaling start ``W = I / T``, deterministic). Does not
+    preserve the arg-max in general.
     {reg}
     Attributes: ``coef_`` ``(k, k)``, ``intercept_`` ``(k,)``, ``reg_lambda_``, ``cv_nll_``, ``n_iter_``,
     ``converged_``.
