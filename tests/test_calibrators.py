@@ -693,7 +693,7 @@ def test_cv_nll_is_the_out_of_fold_nll(multi):
     folds = fold_ids(y, 4, 3)
     assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
     for name, est in (("temperature", TemperatureScaling()),
-                      ("vector", VectorScaling(reg_lambda=res.fitted["vector"].reg_lambda_))):
+                      ("vector", VectorScaling(**res.fitted["vector"].selected_params_))):
         lp = np.empty(len(y))
         for f in range(4):
             q = clone(est).fit(z[folds != f], y[folds != f]).predict_proba(z[folds == f])
@@ -730,3 +730,56 @@ def test_zero_probability_gives_infinite_nll_and_is_not_chosen():
     assert iso.cv_zero_prob_rows == 0 or iso.cv_nll == np.inf
     assert res.best != "isotonic" or np.isfinite(iso.cv_nll)
     assert "temperature" not in res.zero_prob
+
+
+def test_findings_name_every_calibrator_in_words():
+    """The audit's finding words each built-in calibrator by its method name, never "dirichlet scaling"."""
+    from failsight.auditing.findings import calibrator_phrase
+    from failsight.reliability.calibrators import CALIBRATORS
+
+    for name in CALIBRATORS:
+        phrase = calibrator_phrase(name)
+        assert phrase != name and name.lower() in phrase.lower()
+    assert calibrator_phrase("dirichlet") == "Dirichlet calibration"
+    assert calibrator_phrase("temperature") == "temperature scaling"
+    assert calibrator_phrase("isotonic") == "isotonic regression"
+    assert calibrator_phrase("mine") == "the mine calibrator"
+
+
+def test_cv_walks_to_stronger_values_only_when_the_strongest_grid_value_wins():
+    """The regularisation path: ``cv_nll_`` holds the strengths tried; values beyond ``CV_GRID`` (stronger)
+    are tried exactly when ``CV_GRID[0]`` had the lowest held-out NLL among the ``CV_GRID`` values, and the
+    chosen strength is the arg-min of the curve."""
+    from failsight.reliability import _calibrators_scaling as S
+
+    rng = np.random.default_rng(5)
+    k = 6
+    walked = []
+    for noise in (0.0, 1.0):  # labels from softmax(z) (nothing to learn) / from softmax(z @ A), A mixes classes
+        z = rng.normal(0, 2, (900, k))
+        z_true = z @ (np.eye(k) + noise * rng.normal(size=(k, k)))
+        y = np.array([rng.choice(k, p=q) for q in softmax(z_true, axis=1)])
+        est = MatrixScaling().fit(z, y)
+        norm = k * (k - 1)
+        curve = est.cv_nll_
+        assert est.reg_lambda_ == min(curve, key=curve.get)
+        grid = {c * norm: v for c, v in ((c, curve.get(c * norm)) for c in S.CV_GRID) if v is not None}
+        strongest_won = min(grid, key=grid.get) == S.CV_GRID[0] * norm
+        assert any(lam > S.CV_GRID[0] * norm for lam in curve) == strongest_won
+        assert est.selected_params_["reg_lambda"] == est.reg_lambda_
+        walked.append(strongest_won)
+    assert walked == [True, False]  # both branches exercised (fixed seed; calibrated vs strongly mixed)
+
+
+def test_default_set_by_class_count():
+    """Dirichlet calibration leaves the default set above MAX_CLASSES_DIRICHLET, matrix scaling above
+    MAX_CLASSES_FULL_MATRIX; temperature and vector scaling stay at any class count."""
+    from failsight.reliability.compare import MAX_CLASSES_DIRICHLET, MAX_CLASSES_FULL_MATRIX, _resolve
+
+    def names(k: int) -> list[str]:
+        return [n for n, _ in _resolve(None, k, "logits")]
+
+    assert names(10) == ["temperature", "vector", "matrix", "dirichlet"]
+    assert names(MAX_CLASSES_DIRICHLET) == ["temperature", "vector", "matrix", "dirichlet"]
+    assert names(MAX_CLASSES_DIRICHLET + 1) == ["temperature", "vector", "matrix"]
+    assert names(MAX_CLASSES_FULL_MATRIX + 1) == ["temperature", "vector"]

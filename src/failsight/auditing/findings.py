@@ -55,6 +55,24 @@ def _finite(v: Any) -> float | None:
 # ------------------------------------------------------------------------------------------ reliability
 
 
+#: How a finding names each built-in calibrator (``compare_calibrators`` names); others read "the <name> calibrator".
+CALIBRATOR_PHRASES = {
+    "temperature": "temperature scaling",
+    "vector": "vector scaling",
+    "matrix": "matrix scaling",
+    "dirichlet": "Dirichlet calibration",
+    "platt": "Platt scaling",
+    "isotonic": "isotonic regression",
+    "histogram": "histogram binning",
+    "beta": "beta calibration",
+}
+
+
+def calibrator_phrase(name: str) -> str:
+    """Words for calibrator ``name`` in a sentence: ``"dirichlet"`` -> ``"Dirichlet calibration"``."""
+    return CALIBRATOR_PHRASES.get(name, f"the {name} calibrator")
+
+
 def _reliability(a: Any, margins: bool = False) -> list[Finding]:
     out = []
     ece = a.metric("ece")
@@ -65,14 +83,14 @@ def _reliability(a: Any, margins: bool = False) -> list[Finding]:
     text = (f"{side}: ECE {ece.value:.3f}{ci} (mean confidence {conf:.1%} vs accuracy {acc:.1%})")
     if a.metrics_calibrated is not None and a.best_calibrator not in (None, "uncalibrated"):
         after = a.metric("ece", calibrated=True).value
-        text += f"; {a.best_calibrator} scaling brings it to {after:.3f}" if a.best_calibrator in (
-            "temperature", "vector", "matrix") else f"; {a.best_calibrator} calibration brings it to {after:.3f}"
+        text += f"; {calibrator_phrase(a.best_calibrator)} brings it to {after:.3f}"
     elif a.metrics_calibrated is not None:
         text += "; no calibrator improves on it"
     if margins and a.metrics_calibrated is not None and a.best_calibrator not in (None, "uncalibrated"):
         # decision margins have no probabilities to be calibrated or not: the model is what calibration made
         after = a.metric("ece", calibrated=True).value
-        text = (f"the model gives decision margins, not probabilities: calibrated with {a.best_calibrator}, its "
+        text = (f"the model gives decision margins, not probabilities: calibrated with "
+                f"{calibrator_phrase(a.best_calibrator)}, its "
                 f"ECE is {after:.3f} (softmax of the raw margins: {ece.value:.3f}, not meaningful)")
         out.append(Finding("reliability", after, text, fix=True))
     elif margins:

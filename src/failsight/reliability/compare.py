@@ -41,6 +41,11 @@ BEST_RULE = (
 #: Matrix scaling and Dirichlet calibration have k^2 + k parameters; above this many classes they are
 #: left out of the default set (their fit time grows with k^2).
 MAX_CLASSES_FULL_MATRIX = 128
+#: Dirichlet calibration leaves the default set above this many classes: on an over-confident 100-class MLP
+#: (log-probabilities down to -370) its regularised fit took 13 s CPU (matrix scaling, the same family on
+#: logits: 4 s), its cross-validated NLL was the worst of the default set, and it was never chosen at 100
+#: classes (benchmarks/calibration_real.py). At 10 classes it fits in < 1 s. Not measured in between.
+MAX_CLASSES_DIRICHLET = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +138,8 @@ def _resolve(calibrators: Any, k: int, kind: str) -> list[tuple[str, Any]]:
     """Turn the ``calibrators`` argument into ``[(name, unfitted estimator), ...]``."""
     if calibrators is None:
         names = [n for n in DEFAULT_CALIBRATORS
-                 if not (n in ("matrix", "dirichlet") and k > MAX_CLASSES_FULL_MATRIX)]
+                 if not (n in ("matrix", "dirichlet") and k > MAX_CLASSES_FULL_MATRIX)
+                 and not (n == "dirichlet" and k > MAX_CLASSES_DIRICHLET)]
         return [(n, CALIBRATORS[n](input=kind)) for n in names]
     if isinstance(calibrators, str):
         calibrators = [calibrators]
@@ -238,8 +244,8 @@ def compare_calibrators(
             for binary), the split the calibrators are fitted on.
         y_test, X_test: test labels ``(n,)`` and scores ``(n, k)`` of the same kind, where they are scored.
         calibrators: ``None`` for :data:`~failsight.reliability.calibrators.DEFAULT_CALIBRATORS` (matrix
-            scaling and Dirichlet up to 128 classes), a list of names (``"temperature"``, ``"isotonic"``,
-            any key of :data:`~failsight.reliability.calibrators.CALIBRATORS`) and/or
+            scaling up to 128 classes, Dirichlet calibration up to 50), a list of names
+            (``"temperature"``, ``"isotonic"``, any key of :data:`~failsight.reliability.calibrators.CALIBRATORS`) and/or
             unfitted estimators, or a dict name -> estimator. Estimators are cloned, never fitted in place.
             An ``"uncalibrated"`` row is always included.
         n_bins: equal-width bins of ECE and MCE.
