@@ -134,11 +134,16 @@ def run_bug(split, bug: tuple, seed: int, oracle, args, sub_mask_all=None) -> di
     top5 = regions[:5]
     p5 = float(np.mean([labels[r.id] is not None for r in top5])) if top5 else 0.0
     fold = getattr(regions, "fold", len(regions))
+    shown = regions[:fold]
+    p_fold = float(np.mean([labels[r.id] is not None for r in shown])) if shown else None
     return {
         "bug": bug_name(bug), "kind": kind, "seed": seed, "n_train": len(y_tr), "n_planted_train": n_planted,
         "n_fail_test": len(y_fail), "n_found": found.n_found, "n_tried": found.n_tried,
         "n_regions": len(regions), "above_fold": fold, "rank": rank, "top3": rank is not None and rank <= 3,
-        "precision_at_5": p5, "n_labelled": sum(v is not None for v in labels.values()),
+        "precision_at_5": p5, "precision_above_fold": p_fold,
+        "top_regions": [{"pair": list(r.dominant_pair), "score": r.score, "support": r.support,
+                         "confirmed": labels[r.id] is not None} for r in regions[:8]],
+        "n_labelled": sum(v is not None for v in labels.values()),
         "lam": None if summary is None else summary.lam,
         "fail_before": acc(model, x_fail, y_fail), "fail_after": acc(fixed, x_fail, y_fail),
         "rest_before": acc(model, x_rest, y_rest), "rest_after": acc(fixed, x_rest, y_rest),

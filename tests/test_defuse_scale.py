@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,31 @@ def test_demo_runs_on_mnist_files(tmp_path):
     html = Path(res.report_path).read_text(encoding="utf-8")
     assert "MNIST 28×28" in html and "train 400" in html
     assert 0.0 <= res.test_accuracy <= 1.0
+
+
+def test_fold_puts_regions_the_labelled_seeds_do_not_back_below_it():
+    # support 0.2 < 0.5: below the fold whatever its score, with the reason; the others keep the score rule
+    fold, below = fold_regions([100.0, 80.0, 50.0], support=[0.9, 0.7, 0.2], min_support=0.5)
+    assert fold == 2 and set(below) == {2} and "20%" in below[2]
+    # without support values (no labelled seed codes) the rule is the score rule alone
+    assert fold_regions([100.0, 80.0, 50.0], support=[None] * 3, min_support=0.5)[0] == 3
+
+
+def test_support_counts_samples_whose_labelled_neighbours_disagree_with_the_model():
+    from failsight.defuse.regions import _reference, _support
+    from failsight.defuse.search import SearchResult
+
+    rng = np.random.default_rng(0)
+    # labelled seeds: class 0 around -3, class 1 around +3 (one latent dimension matters)
+    z = np.concatenate([rng.normal(-3, 0.5, (50, 2)), rng.normal(3, 0.5, (50, 2))]).astype(np.float32)
+    y = np.repeat([0, 1], 50)
+    empty = np.zeros(0, dtype=np.int64)
+    found = SearchResult(seed_index=empty, latent=np.zeros((0, 2), np.float32), images=np.zeros((0, 1, 8, 8)),
+                         seed_label=empty, predicted=empty, confidence=np.zeros(0), latent_scale=np.ones(2),
+                         n_seeds_given=100, n_seeds_correct=100, n_seeds_used=100, n_tried=0, n_samples=1,
+                         radius=1.0, spread="class", seed=0, pairs=[], seed_latent=z, seed_labels=y)
+    ref = _reference(found, np.ones(2), 5)
+    q = np.concatenate([rng.normal(-3, 0.3, (8, 2)), rng.normal(3, 0.3, (2, 2))])
+    # a 0 -> 1 region: the 8 samples among labelled 0s still show a 0 (backed errors), the 2 among 1s do not
+    assert _support(ref, q, 0) == 0.8 and _support(ref, q, 1) == 0.2
+    assert _reference(dataclasses.replace(found, seed_latent=None), np.ones(2), 5) is None

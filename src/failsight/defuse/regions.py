@@ -53,7 +53,7 @@ from failsight.types import Result, to_jsonable
 __all__ = ["Region", "RegionList", "find_regions", "fold_regions", "load_regions", "make_grid", "save_regions"]
 
 _SCALARS = ("id", "size", "error_rate", "dominant_pair", "purity", "pair_rate", "confidence", "directionality",
-            "score", "weight", "n_checked", "pair_counts", "seed", "class_names")
+            "score", "weight", "n_checked", "pair_counts", "seed", "class_names", "support")
 _ARRAYS = ("mean", "covariance", "member_index", "examples", "example_predictions")
 
 
@@ -88,7 +88,10 @@ class Region(Result):
     (seed label, predicted label) among its errors, with ``purity`` its share; ``pair_rate``: fraction of
     drawn samples predicted as the pair's predicted label; ``confidence``: the classifier's mean softmax
     confidence on its errors; ``directionality``: share of the two classes' mutual confusion (over the whole
-    search) that goes this region's way; ``score``: the ranking key (see the module docstring). ``mean``
+    search) that goes this region's way; ``support``: share of drawn samples whose nearest labelled seeds
+    (latent space) mostly carry the seed class — how much the labelled data back the claim that the region's
+    samples still show that class, i.e. are errors (``None`` without labelled seed codes); ``score``: the ranking key (see the
+    module docstring). ``mean``
     ``(d,)`` / ``covariance`` ``(d, d)`` describe the component in latent space; ``examples``
     ``(k, c, h, w)`` are decoded samples drawn from it (``example_predictions`` ``(k,)``); ``member_index``
     are rows of the search result.
@@ -113,6 +116,7 @@ class Region(Result):
     example_predictions: np.ndarray = dataclasses.field(metadata={"exclude_json": True})
     seed: int = 0
     class_names: tuple[str, ...] | None = None
+    support: float | None = None
     generator: Any = dataclasses.field(default=None, repr=False, compare=False, metadata={"exclude_json": True})
 
     @property
@@ -273,6 +277,8 @@ def find_regions(
     class_names: tuple[str, ...] | list[str] | None = None,
     max_shown: int = 5,
     min_score_ratio: float = 0.1,
+    support_k: int = 10,
+    min_support: float = 0.5,
 ) -> RegionList:
     """Group found errors into ranked misclassification regions (see the module docstring).
 
@@ -286,6 +292,12 @@ def find_regions(
     component with the reason it was kept or rejected. ``RegionList.fold`` says how many leading regions are worth
     a label (at most ``max_shown``, score at least ``min_score_ratio`` of the top one; :func:`fold_regions`) and
     ``RegionList.fold_reasons()`` why each other region is below the fold.
+
+    ``support_k`` / ``min_support``: when the search kept the seeds' codes and labels (``found.seed_latent``,
+    ``found.seed_labels``), each drawn sample is checked against its ``support_k`` nearest labelled seeds
+    (standardised latent space): ``support`` is the share of samples whose neighbours' majority label is the
+    region's seed class (what the classifier should have said). It multiplies the score, and a region below
+    ``min_support`` is ranked after the others and stays below the fold (see the module docstring).
     """
     if not isinstance(found, SearchResult):
         raise FailsightInputError(
@@ -333,6 +345,10 @@ def find_regions(
     confusion = np.zeros((k_cls, k_cls), dtype=np.int64)
     np.add.at(confusion, (found.seed_label, found.predicted), 1)
 
+    support_k = check_int(support_k, "support_k")
+    min_support = check_fraction(min_support, "min_support", open_low=False, open_high=False)
+    ref = _reference(found, scale, support_k)
+
     candidates: list[dict[str, Any]] = []
     n_used = 0
     for g, rows in groups:  # loop over groups (pairs or classes), not samples
@@ -365,7 +381,8 @@ def find_regions(
             xs = check_images(generator.decode(z), "generator.decode(z)", check_range=False)
             pred, _ = classify(classifier, xs)
             err = float(np.mean(pred != pair[0]))
-            info.update(error_rate=err, pair_rate=float(np.mean(pred == pair[1])))
+            info.update(error_rate=err, pair_rate=float(np.mean(pred == pair[1])),
+                        support=None if ref is None else _support(ref, z / scale, pair[0]))
             if err < min_error_rate:
                 info.update(kept=False, reason=f"error rate of drawn samples {err:.2f} < min_error_rate={min_error_rate}")
             else:
@@ -375,8 +392,11 @@ def find_regions(
 
     kept = [c for c in candidates if c["kept"]]
     for c in kept:
-        c["score"] = c["size"] * c["purity"] * c["pair_rate"] * c["directionality"]
-    kept.sort(key=lambda c: (-c["score"], str(c["component"])))
+        c["score"] = c["size"] * c["purity"] * c["pair_rate"] * c["directionality"] * (
+            1.0 if c["support"] is None else c["support"])
+    # regions the labelled seeds do not back go after those they do, so the fold stays a prefix of the ranking
+    kept.sort(key=lambda c: (c["support"] is not None and c["support"] < min_support, -c["score"],
+                             str(c["component"])))
     regions = []
     for rid, c in enumerate(kept):
         mean, cov, members, ex, ex_pred, table = c.pop("_payload")
@@ -387,18 +407,43 @@ def find_regions(
             directionality=c["directionality"], score=c["score"],
             weight=c["weight"],
             n_checked=n_check, pair_counts=table, mean=mean, covariance=cov, member_index=members,
-            examples=ex, example_predictions=ex_pred, seed=seed, class_names=names, generator=generator,
+            examples=ex, example_predictions=ex_pred, seed=seed, class_names=names, support=c["support"],
+            generator=generator,
         ))
     candidates.sort(key=lambda c: -c["size"])
-    fold, below = fold_regions([r.score for r in regions], max_shown=max_shown, min_score_ratio=min_score_ratio)
+    fold, below = fold_regions([r.score for r in regions], max_shown=max_shown, min_score_ratio=min_score_ratio,
+                               support=[r.support for r in regions], min_support=min_support)
     params = {"max_components": max_components, "min_size": min_size, "min_error_rate": min_error_rate,
               "n_check": n_check, "n_found": m, "n_components_used": n_used, "group_by": group_by, "seed": seed,
               "max_shown": max_shown, "min_score_ratio": min_score_ratio, "fold": fold,
+              "support_k": support_k, "min_support": min_support if ref is not None else None,
               "below_fold": {str(regions[i].id): why for i, why in below.items()}}
     return RegionList(regions, candidates, params)
 
 
-def fold_regions(scores: Sequence[float], *, max_shown: int = 5, min_score_ratio: float = 0.1) -> tuple[int, dict]:
+def _reference(found: SearchResult, scale: np.ndarray, k: int) -> tuple[Any, np.ndarray, int] | None:
+    """Nearest-neighbour index over the labelled seed codes (standardised), or ``None`` without them."""
+    z, y = getattr(found, "seed_latent", None), getattr(found, "seed_labels", None)
+    if z is None or y is None or len(y) <= k:
+        return None
+    from sklearn.neighbors import NearestNeighbors
+
+    return NearestNeighbors(n_neighbors=k).fit(np.asarray(z, dtype=np.float64) / scale), np.asarray(y), k
+
+
+def _support(ref: tuple[Any, np.ndarray, int], zq: np.ndarray, seed_class: int) -> float:
+    """Share of samples (standardised codes ``zq`` ``(n, d)``) whose ``k`` nearest labelled seeds vote, by
+    majority, for ``seed_class``: the labelled data say the sample still shows that class."""
+    nn_index, y, k = ref
+    idx = nn_index.kneighbors(np.asarray(zq, dtype=np.float64), n_neighbors=k, return_distance=False)
+    lab = y[idx]  # (n, k)
+    counts = np.zeros((len(lab), int(max(y.max(), seed_class)) + 1), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(lab)), k), lab.ravel()), 1)
+    return float(np.mean(counts.argmax(1) == seed_class))
+
+
+def fold_regions(scores: Sequence[float], *, max_shown: int = 5, min_score_ratio: float = 0.1,
+                 support: Sequence[float | None] | None = None, min_support: float = 0.0) -> tuple[int, dict]:
     """Where the fold falls in a ranked list of region ``scores`` (best first): the leading regions whose score is
     at least ``min_score_ratio`` times the top score, at most ``max_shown`` of them. Returns ``(fold, {index:
     reason})`` for the regions below it.
@@ -415,7 +460,11 @@ def fold_regions(scores: Sequence[float], *, max_shown: int = 5, min_score_ratio
     fold = 0
     below: dict[int, str] = {}
     for i, sc in enumerate(scores):
-        if top > 0 and sc < min_score_ratio * top:
+        sup = support[i] if support is not None else None
+        if sup is not None and sup < min_support:
+            below[i] = (f"only {sup:.0%} of its samples sit among labelled seeds of the class it should show "
+                        f"(< {min_support:.0%}): more likely the generator drifting to another class than a bug")
+        elif top > 0 and sc < min_score_ratio * top:
             below[i] = f"score {sc:.1f} is {sc / top:.0%} of the top region's (< {min_score_ratio:.0%})"
         elif fold >= max_shown:
             below[i] = f"beyond the first {max_shown} regions (rank {i + 1})"

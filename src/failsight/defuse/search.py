@@ -76,6 +76,9 @@ class SearchResult(Result):
     Per-error arrays: ``seed_index`` ``(m,)`` (row of ``x_seed``), ``latent`` ``(m, d)``, ``images``
     ``(m, c, h, w)``, ``seed_label`` ``(m,)``, ``predicted`` ``(m,)`` and ``confidence`` ``(m,)`` (softmax
     probability of the predicted class). ``pairs`` lists ``(seed label, predicted label, count)`` by count.
+    ``seed_latent`` ``(n, d)`` / ``seed_labels`` ``(n,)``: the codes and true labels of *all* given seeds (the
+    labelled reference :func:`~failsight.defuse.regions.find_regions` checks regions against; ``None`` when
+    built elsewhere).
     """
 
     seed_index: np.ndarray = dataclasses.field(metadata={"exclude_json": True})
@@ -94,6 +97,8 @@ class SearchResult(Result):
     spread: str
     seed: int
     pairs: list[tuple[int, int, int]]
+    seed_latent: np.ndarray | None = dataclasses.field(default=None, metadata={"exclude_json": True})
+    seed_labels: np.ndarray | None = dataclasses.field(default=None, metadata={"exclude_json": True})
 
     @property
     def n_found(self) -> int:
@@ -261,4 +266,6 @@ def search_errors(
         spread=spread,
         seed=seed,
         pairs=_pair_counts(seed_label, predicted),
+        seed_latent=z_all.astype(np.float32),
+        seed_labels=y,
     )
