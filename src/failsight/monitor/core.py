@@ -276,8 +276,8 @@ class Monitor:
 
     ``reference``: labelled held-out data the model was not trained on: ``(x_cal, y_cal)`` with a model,
     ``(probs_or_logits (m, k), y (m,))`` without. It fits the calibrator (``calibrator="auto"``: the best
-    of :data:`AUTO_CALIBRATORS` by :func:`failsight.reliability.compare_calibrators` on two halves of the
-    reference, refitted on all of it; or a name of :data:`failsight.reliability.CALIBRATORS`, or
+    of :data:`AUTO_CALIBRATORS` by cross-validated NLL on the whole reference
+    (:func:`failsight.reliability.compare_calibrators`), refitted on all of it; or a name of :data:`failsight.reliability.CALIBRATORS`, or
     ``"none"``), the estimators, the requirement's threshold and the drift tests' reference sample.
 
     ``max_risk``: the functional requirement, the largest acceptable error rate of the predictions the
@@ -413,8 +413,10 @@ class Monitor:
         if choice == "auto":
             rng = np.random.default_rng(seed)
             perm = rng.permutation(len(y))
-            a, b = perm[: len(y) // 2], perm[len(y) // 2:]
-            cmp = compare_calibrators(y[a], p[a], y[b], p[b], calibrators=list(AUTO_CALIBRATORS), ci=None,
+            b = perm[len(y) // 2:]
+            # the choice is compare_calibrators' cross-validated NLL on its calibration split: give it the whole
+            # reference (the second half is only its report split and plays no part in the choice)
+            cmp = compare_calibrators(y, p, y[b], p[b], calibrators=list(AUTO_CALIBRATORS), ci=None,
                                       seed=seed, input="probs")
             choice = cmp.best
             if choice == "uncalibrated":
