@@ -1,7 +1,8 @@
 """Deployment monitor: accuracy estimated without labels vs the true accuracy, interval coverage, false alarms.
 
 Must show (issue 15). Ground truth is free here: the robustness suite shifts a labelled set. On MNIST
-(``../shared/data/mnist``, skipped with a note where absent) and on the bundled digits, a SmallCNN is trained;
+(``../shared/data/mnist``, skipped with a note where absent) and on the bundled digits, a SmallCNN is trained
+(MNIST: 55,000 training images, 3 epochs by default; ``--mnist-train 12000 --mnist-epochs 2`` is the first run's weaker model);
 a labelled reference set (the monitor's calibration data) is held out; then windows of 500 images are
 scored:
 
