@@ -1,7 +1,8 @@
 """Deployment monitor: accuracy estimated without labels vs the true accuracy, interval coverage, false alarms.
 
 Must show (issue 15). Ground truth is free here: the robustness suite shifts a labelled set. On MNIST
-(``../shared/data/mnist``, skipped with a note where absent) and on the bundled digits, a SmallCNN is trained;
+(``../shared/data/mnist``, skipped with a note where absent) and on the bundled digits, a SmallCNN is trained
+(MNIST: 55,000 training images, 3 epochs by default; ``--mnist-train 12000 --mnist-epochs 2`` is the first run's weaker model);
 a labelled reference set (the monitor's calibration data) is held out; then windows of 500 images are
 scored:
 
@@ -73,7 +74,8 @@ def _tuning_shifts() -> set[str]:
     return {m for members in fams.values() for m in members[0::2][:2]}
 
 
-def prepare(dataset: str, n_null: int, per_condition: int, n_label: int, seed: int, quick: bool) -> dict:
+def prepare(dataset: str, n_null: int, per_condition: int, n_label: int, seed: int, quick: bool,
+            mnist_train: int = 55000, mnist_epochs: int = 3) -> dict:
     """Train the CNN, hold out the reference, score every window. Returns arrays for the cache."""
     import torch
 
@@ -90,10 +92,13 @@ def prepare(dataset: str, n_null: int, per_condition: int, n_label: int, seed: i
         ytr = read_idx(MNIST_DIR / "train-labels-idx1-ubyte.gz").astype(np.int64)
         xte = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz").astype(np.float32)[:, None] / 255.0
         yte = read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
-        tr = rng.permutation(len(ytr))[:12000]
+        tr = rng.permutation(len(ytr))[:mnist_train]
         model = SmallCNN(in_channels=1, n_classes=10, image_size=28, width=16, seed=seed)
-        train_classifier(model, xtr[tr], ytr[tr], epochs=2, batch_size=128, seed=seed, progress=False,
+        t0 = time.perf_counter()
+        train_classifier(model, xtr[tr], ytr[tr], epochs=mnist_epochs, batch_size=128, seed=seed, progress=False,
                          num_threads=2)
+        print(f"  mnist: trained on {len(tr)} images, {mnist_epochs} epochs in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
         perm = rng.permutation(len(yte))  # reference and pool: disjoint random parts of the test set
         ref_x, ref_y = xte[perm[:3000]], yte[perm[:3000]]
         pool_x, pool_y = xte[perm[3000:]], yte[perm[3000:]]
@@ -158,13 +163,14 @@ def prepare(dataset: str, n_null: int, per_condition: int, n_label: int, seed: i
 
 
 def load_or_prepare(dataset: str, cache: Path, args: argparse.Namespace) -> dict:
-    path = cache / f"monitor-{dataset}{'-quick' if args.quick else ''}-seed{args.seed}.npz"
+    variant = f"-train{args.mnist_train}-e{args.mnist_epochs}" if dataset == "mnist" else ""
+    path = cache / f"monitor-{dataset}{variant}{'-quick' if args.quick else ''}-seed{args.seed}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     t0 = time.perf_counter()
     data = prepare(dataset, args.null_windows, 1 if args.quick else 2, 4 if args.quick else 10, args.seed,
-                   args.quick)
+                   args.quick, args.mnist_train, args.mnist_epochs)
     print(f"{dataset}: model outputs for {len(data['y'])} windows in {time.perf_counter() - t0:.0f} s "
           "(loaded machine)", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
@@ -382,6 +388,10 @@ def main() -> None:
     ap.add_argument("--nannyml-python", default=os.environ.get("NANNYML_PYTHON"),
                     help="Python interpreter with nannyml installed (its own venv), for CBPE in the same run.")
     ap.add_argument("--max-risk", type=float, default=0.02)
+    ap.add_argument("--mnist-train", type=int, default=55000,
+                    help="MNIST training images of the CNN (a seeded subset of the 60k; 12000 = the first run's "
+                         "weaker model).")
+    ap.add_argument("--mnist-epochs", type=int, default=3, help="MNIST training epochs (2 = the first run's).")
     args = ap.parse_args()
     if args.quick:
         args.datasets, args.null_windows = "digits", 40

@@ -48,8 +48,11 @@ def test_budget_range_and_success(digits_cnn, method: str, norm: str, eps: float
 def test_mode_restored_and_batch_size_independent(digits_cnn) -> None:
     m, x, y = digits_cnn
     m.train()
+    m.head[-1].weight.requires_grad_(False)  # a partly frozen model: every flag comes back as it was
     a = attack(m, x, y, method="pgd", eps=0.1, steps=5, batch_size=33, seed=3)
     assert m.training and all(c.training for c in m.modules())
+    assert [p.requires_grad for p in m.parameters()].count(False) == 1 and not m.head[-1].weight.requires_grad
+    m.head[-1].weight.requires_grad_(True)
     m.eval()
     b = attack(m, x, y, method="pgd", eps=0.1, steps=5, batch_size=200, seed=3)
     c = attack(m, x, y, method="pgd", eps=0.1, steps=5, batch_size=200, seed=4)
@@ -98,6 +101,102 @@ def test_pgd_matches_plain_loop(digits_cnn) -> None:
     assert (r.success | ~ref_success | ~ok).all()  # ours ⊇ plain loop's
     same = ok & ~r.success
     np.testing.assert_allclose(r.x_adv[same], xa.numpy()[same], atol=1e-5)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 3.0)])
+def test_pgd_large_eps_breaks_early_and_matches_plain_loop(digits_cnn, norm: str, eps: float) -> None:
+    """At a large ε most samples break within a few steps, so the working set is compacted several times; every
+    sample must still end on the iterate a plain loop (no early stop) reaches at the step it first breaks, and
+    the survivors on the plain loop's last iterate."""
+    m, x, y = digits_cnn
+    m.eval()
+    steps, alpha = 10, 2.5 * eps / 10
+    r = attack(m, x, y, method="pgd", norm=norm, eps=eps, steps=steps, seed=2)
+    start = _starts(np.arange(len(y)), tuple(x.shape[1:]), 2, 0, norm, True)
+    xs, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def proj(t: torch.Tensor) -> torch.Tensor:
+        d = t - xs
+        if norm == "linf":
+            d = d.clamp(-eps, eps)
+        else:
+            n = d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            d = d * torch.clamp(eps / (n + 1e-12), max=1.0)
+        return (xs + d).clamp(0, 1)
+
+    xa = proj(xs + eps * start)
+    first = torch.full((len(y),), -1)
+    at_break = xa.clone()
+    for k in range(steps + 1):
+        xa.requires_grad_(True)
+        logits = m(xa)
+        newly = (logits.argmax(1) != yt) & (first < 0)
+        first[newly], at_break[newly] = k, xa.detach()[newly]
+        if k == steps:
+            break
+        (g,) = torch.autograd.grad(nn.functional.cross_entropy(logits, yt, reduction="sum"), xa)
+        step = g.sign() if norm == "linf" else g / (g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
+        xa = proj(xa.detach() + alpha * step)
+    ok = r.pred_clean == y
+    ref_success = (first >= 0).numpy()
+    assert r.success[ok].mean() > 0.5  # the case this test is for: most samples break
+    # same decisions, except where a last-bit difference (batch size, fused clamp) flips a borderline argmax
+    assert (r.success[ok] == ref_success[ok]).mean() >= 0.98
+    same = ok & (r.success == ref_success)
+    ref = np.where(ref_success[:, None, None, None], at_break.numpy(), xa.detach().numpy())
+    close = np.abs(r.x_adv[same] - ref[same]).reshape(same.sum(), -1).max(axis=1) <= 1e-4
+    assert close.mean() >= 0.98
+
+
+def test_audit_cli_attack_and_conformal_options(tmp_path, monkeypatch) -> None:
+    """The audit's --attack-* / --conformal-* flags: checked before the model is even opened (a typo costs
+    nothing), and passed to the audit as adversarial_options / conformal_options."""
+    from typer.testing import CliRunner
+
+    import failsight.auditing
+    from failsight.cli import app
+
+    runner = CliRunner()
+    base = ["audit", "--model", str(tmp_path / "missing.pt"), "--test", str(tmp_path / "t.npz"), "--out",
+            str(tmp_path / "o"), "--no-record"]
+    for extra, message in [
+        (["--attack-eps", "0.1,-0.2"], "--attack-eps must be a finite number >= 0"),
+        (["--attack-eps", "x"], "--attack-eps must be a number"),
+        (["--attack-eps", ","], "comma-separated budgets"),
+        (["--attack-norm", "l1"], "norm must be 'linf' or 'l2'"),
+        (["--attack-method", "cw"], "method must be one of"),
+        (["--attack-steps", "0"], "--attack-steps must be a whole number >= 1"),
+        (["--attack-n", "-3"], "--attack-n must be"),
+        (["--attack-bounds", "1,0"], "LOW < HIGH"),
+        (["--attack-bounds", "0"], "LOW,HIGH"),
+        (["--attack-eps", "0.1", "--steps", "reliability"], "--attack-* has no effect without the adversarial step"),
+        (["--conformal-alpha", "1.5"], "--conformal-alpha must lie in (0, 1)"),
+        (["--conformal-method", "naive"], "--conformal-method must be one of lac, aps, raps"),
+        (["--class-conditional", "--steps", "adversarial"], "without the reliability step"),
+    ]:
+        r = runner.invoke(app, base + extra)
+        assert r.exit_code == 2, (extra, r.output)
+        assert message in " ".join(r.output.split()), (extra, r.output)
+
+    net = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
+    net.save(str(tmp_path / "m.pt"))
+    np.savez(tmp_path / "t.npz", x=np.zeros((6, 1, 2, 2), np.float32), y=np.arange(6) % 3)
+    seen: dict = {}
+
+    def fake_audit(*args, **kwargs):
+        seen.update(kwargs)
+        raise FailsightInputError("stopped here by the test")
+
+    monkeypatch.setattr(failsight.auditing, "audit", fake_audit)
+    base[2] = str(tmp_path / "m.pt")
+    r = runner.invoke(app, [*base, "--attack-eps", "0.2, 0.1", "--attack-norm", "L2", "--attack-steps", "20",
+                                   "--attack-bounds", "-1,1", "--conformal-alpha", "0.05", "--conformal-method",
+                                   "RAPS", "--class-conditional"])
+    assert "stopped here by the test" in r.output
+    assert seen["adversarial_options"] == {"norm": "l2", "eps": (0.1, 0.2), "steps": 20, "bounds": (-1.0, 1.0)}
+    assert seen["conformal_options"] == {"alpha": 0.05, "method": "raps", "class_conditional": True}
+    r = runner.invoke(app, base)
+    assert seen["adversarial_options"] is None and seen["conformal_options"] is None
 
 
 def test_apgd_checkpoints_follow_the_paper() -> None:

@@ -172,6 +172,47 @@ def test_logits_windows_and_labels_in_memory(ref):
         mon.add_labels(w2.window_id, np.full(300, 9))
 
 
+def test_memory_is_a_rolling_buffer_without_a_store(ref):
+    """Windows and the predictions late labels need are kept for the last keep_windows windows only; labels
+    for an older window are refused with the reason and the fix."""
+    mon = _mon(ref, keep_windows=3)
+    rng = np.random.default_rng(9)
+    batches = [calibrated(100, rng) for _ in range(6)]
+    for p, _ in batches:
+        mon.update(probs=p)
+    assert [w.window_id for w in mon.windows] == [4, 5, 6] and len(mon._session_preds) == 3
+    assert [w.window_id for w in mon.history()] == [4, 5, 6]
+    with pytest.raises(FailsightInputError, match=r"older than the 3 most recent windows.*store="):
+        mon.add_labels(2, batches[1][1])
+    with pytest.raises(FailsightInputError, match="has no window 9"):
+        mon.add_labels(9, batches[1][1])
+    got = mon.add_labels(5, batches[4][1])
+    assert got.true_accuracy == pytest.approx((batches[4][0].argmax(1) == batches[4][1]).mean())
+    assert mon.windows[1].true_accuracy == got.true_accuracy
+    with pytest.raises(FailsightInputError, match="keep_windows"):
+        _mon(ref, keep_windows=0)
+
+
+def test_memory_bounded_with_a_store_that_keeps_everything(ref, tmp_path):
+    db = str(tmp_path / "m.db")
+    rng = np.random.default_rng(10)
+    batches = [calibrated(100, rng) for _ in range(5)]
+    mon = _mon(ref, store=db, keep_windows=2)
+    for p, _ in batches:
+        mon.update(probs=p)
+    assert [w.window_id for w in mon.windows] == [4, 5] and mon._session_preds == {}
+    assert [w.window_id for w in mon.history()] == [1, 2, 3, 4, 5]  # the store has them all
+    got = mon.add_labels(1, batches[0][1])  # older than the buffer: read from the store
+    assert got.true_accuracy == pytest.approx((batches[0][0].argmax(1) == batches[0][1]).mean())
+    assert mon.history()[0].true_accuracy == got.true_accuracy
+    assert "window 1" in mon.report().render()  # the page shows every stored window, not only the buffer
+    mon.close()
+    again = Monitor(store=db, keep_windows=2)  # reopening reads the last 2 windows only
+    assert [w.window_id for w in again.windows] == [4, 5]
+    assert again.update(probs=batches[0][0]).window_id == 6
+    again.close()
+
+
 # ------------------------------------------------------------------------------------------ persistence
 
 

@@ -634,6 +634,31 @@ def audit(
     name: str | None = typer.Option(None, "--name", show_default=False, help="Name of the run in the store."),
     db_force: bool = typer.Option(False, "--db-force", help="Record in a database that already holds other "
                                                               "applications' tables (refused by default)."),
+    conformal_alpha: float | None = typer.Option(
+        None, "--conformal-alpha", show_default=False, metavar="ALPHA",
+        help="Prediction sets miss the true class on at most this share of inputs (default 0.1: 90% coverage)."),
+    conformal_method: str | None = typer.Option(
+        None, "--conformal-method", show_default=False, metavar="lac|aps|raps",
+        help="Conformal score: lac (smallest sets), aps (default; adaptive sets), raps (aps with a size penalty)."),
+    class_conditional: bool = typer.Option(False, "--class-conditional",
+                                           help="Guarantee the coverage within every class, not only on average."),
+    attack_eps: str | None = typer.Option(
+        None, "--attack-eps", show_default=False, metavar="E1,E2,...",
+        help="Attack budgets for the robust-accuracy curve, in input units (default L-inf 0.01,0.02,0.05,0.1; "
+             "L2: those times sqrt(pixels))."),
+    attack_norm: str | None = typer.Option(None, "--attack-norm", show_default=False, metavar="linf|l2",
+                                           help="Norm of the attack budget (default linf)."),
+    attack_method: str | None = typer.Option(None, "--attack-method", show_default=False,
+                                             metavar="apgd-ce|pgd|fgsm", help="Attack (default apgd-ce)."),
+    attack_steps: int | None = typer.Option(None, "--attack-steps", show_default=False, metavar="N",
+                                            help="Attack iterations (default 10; 100 for a thorough evaluation)."),
+    attack_restarts: int | None = typer.Option(None, "--attack-restarts", show_default=False, metavar="N",
+                                               help="Random restarts on the images not yet broken (default 1)."),
+    attack_n: int | None = typer.Option(None, "--attack-n", show_default=False, metavar="N",
+                                        help="Test images attacked (default 500, a seeded subset)."),
+    attack_bounds: str | None = typer.Option(
+        None, "--attack-bounds", show_default=False, metavar="LOW,HIGH",
+        help="The model's valid input range; adversarial images stay inside it (default 0,1)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
     workers: int | None = typer.Option(None, "--workers", show_default=False, min=1,
                                        help="Parallel workers of the shift sweep (default: every core)."),
@@ -674,6 +699,9 @@ def audit(
         size = _image_size(image_size)
         step_list = [s.strip() for s in steps.split(",") if s.strip()]
         sev = _int_list(severities, "--severities")
+        conformal_opts = _conformal_options(conformal_alpha, conformal_method, class_conditional, step_list)
+        adversarial_opts = _adversarial_options(attack_eps, attack_norm, attack_method, attack_steps,
+                                                attack_restarts, attack_n, attack_bounds, step_list)
         net = _open_model(model, weights, model_args)
         base = _open_model(baseline) if baseline is not None else None
 
@@ -689,7 +717,8 @@ def audit(
                         steps=step_list, seed=seed, max_risk=max_risk, severities=sev, labels=labels,
                         shifts=None if shifts is None else [s.strip() for s in shifts.split(",") if s.strip()],
                         generator=generator, regions=regions, progress=progress, workers=workers,
-                        backend=backend, ray_address=ray_address if backend == "ray" else None)
+                        backend=backend, ray_address=ray_address if backend == "ray" else None,
+                        conformal_options=conformal_opts, adversarial_options=adversarial_opts)
         paths = res.write(out, force=force)  # files first: a recorded run always has its report
         run = None if store is None else res.record(store, name=name, report_path=str(paths["report"].resolve()),
                                                     allow_foreign=db_force)
@@ -703,6 +732,69 @@ def audit(
     if run is not None:
         typer.echo(f"recorded as run {run.id} in {store} (failsight runs list / compare).")
     typer.echo(f"done in {res.seconds:.0f} s. Report: {paths['report'].resolve()}")
+
+
+def _conformal_options(alpha: float | None, method: str | None, class_conditional: bool,
+                       steps: list[str]) -> dict[str, Any] | None:
+    """The audit's ``conformal_options`` from ``--conformal-*``, checked (sets are part of the reliability step)."""
+    from failsight._validate import FailsightInputError
+    from failsight.reliability.conformal import CONFORMAL_METHODS
+
+    given = {k: v for k, v in (("alpha", alpha), ("method", method)) if v is not None}
+    if class_conditional:
+        given["class_conditional"] = True
+    if not given:
+        return None
+    _requires(True, "--conformal-alpha/--conformal-method/--class-conditional", "the reliability step in --steps",
+              "reliability" in steps)
+    if alpha is not None:
+        _check_level(alpha, "--conformal-alpha")
+    if method is not None:
+        given["method"] = method.strip().lower()
+        if given["method"] not in CONFORMAL_METHODS:
+            raise FailsightInputError(f"--conformal-method must be one of {', '.join(CONFORMAL_METHODS)}; "
+                                      f"got {method!r}.")
+    return given
+
+
+def _adversarial_options(eps: str | None, norm: str | None, method: str | None, steps_n: int | None,
+                         restarts: int | None, n: int | None, bounds: str | None,
+                         steps: list[str]) -> dict[str, Any] | None:
+    """The audit's ``adversarial_options`` from ``--attack-*``, checked before any work."""
+    from failsight._validate import FailsightInputError
+    from failsight.robustness.adversarial import _check_eps, _check_method
+
+    opts: dict[str, Any] = {}
+    if method is not None or norm is not None:
+        m, nm = _check_method(method or "apgd-ce", norm or "linf")
+        if method is not None:
+            opts["method"] = m
+        if norm is not None:
+            opts["norm"] = nm
+    if eps is not None:
+        parts = [t.strip() for t in eps.split(",") if t.strip()]
+        if not parts:
+            raise FailsightInputError(f"--attack-eps must be comma-separated budgets such as 0.01,0.05; got {eps!r}.")
+        opts["eps"] = tuple(sorted({_check_eps(t, "--attack-eps") for t in parts}))
+    for option, key, value in (("--attack-steps", "steps", steps_n), ("--attack-restarts", "restarts", restarts),
+                               ("--attack-n", "n", n)):
+        if value is not None:
+            if value < 1:
+                raise FailsightInputError(f"{option} must be a whole number >= 1; got {value}.")
+            opts[key] = value
+    if bounds is not None:
+        try:
+            lo, hi = (float(t) for t in bounds.split(","))
+        except ValueError:
+            raise FailsightInputError(f"--attack-bounds must be LOW,HIGH such as 0,1 (or -1,1); got {bounds!r}."
+                                      ) from None
+        if not (lo < hi and all(abs(v) < float("inf") for v in (lo, hi))):
+            raise FailsightInputError(f"--attack-bounds must be finite with LOW < HIGH; got {bounds!r}.")
+        opts["bounds"] = (lo, hi)
+    if not opts:
+        return None
+    _requires(True, "--attack-*", "the adversarial step in --steps", "adversarial" in steps)
+    return opts
 
 
 def _image_size(text: str | None) -> tuple[int, int] | None:

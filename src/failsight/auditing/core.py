@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -371,7 +372,7 @@ def audit(
     *_options : extra keyword arguments for each pillar's analysis function. ``conformal_options``: ``alpha``
         (default 0.1), ``method`` (``"aps"``), ``randomized`` (True), ``class_conditional``, ``n_shift`` (test images
         per shift for coverage under shift, default 500), ``k_reg``/``lam``. ``adversarial_options``: ``eps``
-        (default L∞ 0.01, 0.02, 0.05, 0.1), ``norm``, ``method`` (``"apgd-ce"``), ``steps`` (10), ``restarts``,
+        (default L∞ 0.01, 0.02, 0.05, 0.1; L2 those times √(pixels)), ``norm``, ``method`` (``"apgd-ce"``), ``steps`` (10), ``restarts``,
         ``n`` (test images attacked, default 500), ``sanity_n`` (100), ``bounds`` ((0, 1)). Defaults keep the audit
         cheap: a subset of the test images and few steps (the report says so).
     num_threads : torch/BLAS threads of this process during the audit; ``"auto"``: see
@@ -763,6 +764,9 @@ def _run_adversarial(adapter: Any, test_d: Any, seed: int, options: Any, notes: 
         raise FailsightInputError(f"unknown adversarial option(s) {sorted(unknown)}; known: {_ADVERSARIAL_KEYS}.")
     n = check_int(opts.pop("n", 500), "n")
     kw = {"eps": (0.01, 0.02, 0.05, 0.1), "method": "apgd-ce", "norm": "linf", "steps": 10, "sanity_n": 100, **opts}
+    if "eps" not in opts and str(kw["norm"]).lower() == "l2":  # the L2 size of changing every pixel by the L∞ ε
+        d = math.sqrt(int(np.prod(test_d.x.shape[1:])))
+        kw["eps"] = tuple(round(e * d, 4) for e in kw["eps"])
     idx = np.sort(np.random.default_rng([seed, 18]).permutation(len(test_d.y))[:n])
     if len(idx) < len(test_d.y):
         notes.append(f"Adversarial: {len(idx)} of {len(test_d.y)} test images attacked ({kw['method']}, "

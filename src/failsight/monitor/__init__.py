@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_CORE = ("DEFAULT_ESTIMATOR", "MIN_WINDOW", "Alert", "Drift", "Monitor", "MonitorConfig", "SelectiveWindow",
+_CORE = ("DEFAULT_ESTIMATOR", "KEEP_WINDOWS", "MIN_WINDOW", "Alert", "Drift", "Monitor", "MonitorConfig", "SelectiveWindow",
          "WindowResult")
 _ESTIMATORS = ("ATC", "ESTIMATORS", "AccuracyEstimate", "AccuracyEstimator", "CalibratedConfidence", "DoC",
                "MeanConfidence")

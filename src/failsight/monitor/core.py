@@ -36,7 +36,8 @@ from failsight.monitor.estimators import (
 )
 from failsight.types import Result
 
-__all__ = ["DEFAULT_ESTIMATOR", "MIN_WINDOW", "Alert", "Drift", "Monitor", "MonitorConfig", "SelectiveWindow", "WindowResult"]
+__all__ = ["DEFAULT_ESTIMATOR", "KEEP_WINDOWS", "MIN_WINDOW", "Alert", "Drift", "Monitor", "MonitorConfig", "SelectiveWindow",
+           "WindowResult"]
 
 #: Fewest samples a window may hold (the drift tests and the estimates need a handful).
 MIN_WINDOW = 10
@@ -44,6 +45,9 @@ MIN_WINDOW = 10
 MIN_REFERENCE = 50
 #: Default estimator, chosen by ``benchmarks/monitor.py`` (lowest MAE over the tuning windows).
 DEFAULT_ESTIMATOR = "atc"
+#: Windows a :class:`Monitor` keeps in memory by default (results, and without a store the predictions that
+#: late labels need): a few MB at most, whatever the number of windows seen.
+KEEP_WINDOWS = 1000
 #: Calibrators the reference is compared on when ``calibrator="auto"`` (fast, and cover both families).
 AUTO_CALIBRATORS = ("temperature", "vector", "dirichlet", "isotonic", "histogram")
 
@@ -272,8 +276,8 @@ class Monitor:
 
     ``reference``: labelled held-out data the model was not trained on: ``(x_cal, y_cal)`` with a model,
     ``(probs_or_logits (m, k), y (m,))`` without. It fits the calibrator (``calibrator="auto"``: the best
-    of :data:`AUTO_CALIBRATORS` by :func:`failsight.reliability.compare_calibrators` on two halves of the
-    reference, refitted on all of it; or a name of :data:`failsight.reliability.CALIBRATORS`, or
+    of :data:`AUTO_CALIBRATORS` by cross-validated NLL on the whole reference
+    (:func:`failsight.reliability.compare_calibrators`), refitted on all of it; or a name of :data:`failsight.reliability.CALIBRATORS`, or
     ``"none"``), the estimators, the requirement's threshold and the drift tests' reference sample.
 
     ``max_risk``: the functional requirement, the largest acceptable error rate of the predictions the
@@ -287,9 +291,15 @@ class Monitor:
     selective risk). ``level``: confidence of the accuracy intervals. ``estimator``: the default estimator.
 
     ``store``: a run store (SQLite path, database URL or :class:`~failsight.runs.RunStore`) where every
-    window is recorded under the monitor ``name``; ``None`` keeps windows in memory. A monitor reopened on
-    the same store and name continues where it was: pass no ``reference`` (it is read from the store), or
+    window is recorded under the monitor ``name``; ``None`` keeps windows in memory only. A monitor reopened
+    on the same store and name continues where it was: pass no ``reference`` (it is read from the store), or
     the same reference (checked by its fingerprint); settings left at ``None`` are read back too.
+
+    Memory is bounded: :attr:`windows` holds the most recent ``keep_windows`` results (default
+    :data:`KEEP_WINDOWS`; ``None``: all), a rolling buffer. With a store every window stays there
+    (:meth:`history` and :meth:`report` read it, and late labels can reach any recorded window); without
+    one, the predicted classes that late labels are checked against are kept for those same recent windows
+    only (about ``n`` bytes per window), and labels for an older window are refused with that reason.
     """
 
     def __init__(self, model: Any = None, reference: Any = None, *, max_risk: float | None = None,
@@ -297,7 +307,8 @@ class Monitor:
                  min_accuracy: float | None = None, accuracy_tolerance: float | None = None,
                  selective_confidence: float | None = None, calibrator: str | None = None,
                  store: Any = None, name: str = "default", seed: int | None = None,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, keep_windows: int | None = KEEP_WINDOWS) -> None:
+        self.keep_windows = None if keep_windows is None else check_int(keep_windows, "keep_windows")
         self._adapter = None if model is None else self._make_adapter(model)
         self.batch_size = None if batch_size is None else check_int(batch_size, "batch_size")
         self.name = self._check_name(name)
@@ -307,7 +318,7 @@ class Monitor:
             from failsight.monitor.store import MonitorStore
 
             self._store = store if isinstance(store, MonitorStore) else MonitorStore(store)
-            stored = self._store.load(self.name)
+            stored = self._store.load(self.name, last=self.keep_windows)
         given = {"max_risk": max_risk, "alpha": alpha, "level": level, "estimator": estimator,
                  "min_accuracy": min_accuracy, "accuracy_tolerance": accuracy_tolerance,
                  "selective_confidence": selective_confidence, "calibrator": calibrator, "seed": seed}
@@ -402,8 +413,10 @@ class Monitor:
         if choice == "auto":
             rng = np.random.default_rng(seed)
             perm = rng.permutation(len(y))
-            a, b = perm[: len(y) // 2], perm[len(y) // 2:]
-            cmp = compare_calibrators(y[a], p[a], y[b], p[b], calibrators=list(AUTO_CALIBRATORS), ci=None,
+            b = perm[len(y) // 2:]
+            # the choice is compare_calibrators' cross-validated NLL on its calibration split: give it the whole
+            # reference (the second half is only its report split and plays no part in the choice)
+            cmp = compare_calibrators(y, p, y[b], p[b], calibrators=list(AUTO_CALIBRATORS), ci=None,
                                       seed=seed, input="probs")
             choice = cmp.best
             if choice == "uncalibrated":
@@ -597,7 +610,18 @@ class Monitor:
         else:  # no store: keep the compact predictions in memory so late labels can be attached
             self._session_preds[wid] = (pred, accepted)
         self.windows.append(w)
+        self._trim()
         return w
+
+    def _trim(self) -> None:
+        """Keep the most recent ``keep_windows`` results (and session predictions) in memory."""
+        k = self.keep_windows
+        if k is None:
+            return
+        if len(self.windows) > k:
+            del self.windows[:len(self.windows) - k]
+        while len(self._session_preds) > k:
+            del self._session_preds[next(iter(self._session_preds))]
 
     def add_labels(self, window_id: int, y: Any) -> WindowResult:
         """Attach the true labels ``(n,)`` of window ``window_id`` once they arrive; returns the window with
@@ -605,12 +629,19 @@ class Monitor:
         window's predictions) or a window of this session."""
         window_id = check_int(window_id, "window_id")
         idx = next((i for i, w in enumerate(self.windows) if w.window_id == window_id), None)
-        if idx is None:
-            known = ", ".join(str(w.window_id) for w in self.windows[-5:]) or "none yet"
+        w = self.windows[idx] if idx is not None else None
+        if w is None and self._store is not None:  # older than the in-memory buffer: the store has it
+            w = self._store.window(self.name, window_id)
+        if w is None or (self._store is None and window_id not in self._session_preds):
+            known = ", ".join(str(v.window_id) for v in self.windows[-5:]) or "none yet"
+            if w is not None or (self.windows and 0 < window_id < self.windows[0].window_id):
+                raise FailsightInputError(
+                    f"window {window_id} of monitor {self.name!r} is older than the {self.keep_windows} most recent "
+                    "windows this monitor keeps in memory, and without a store its predictions are gone. Pass "
+                    "store= (a SQLite path) to attach labels to any past window, or a larger keep_windows=.")
             raise FailsightInputError(
                 f"monitor {self.name!r} has no window {window_id} (last windows: {known}); labels belong to a "
                 "recorded window.")
-        w = self.windows[idx]
         y = check_labels(y, n_classes=self.n_classes, name="labels")
         if len(y) != w.n:
             raise FailsightInputError(f"window {window_id} has {w.n} samples but {len(y)} labels were given.")
@@ -627,7 +658,8 @@ class Monitor:
         w2 = dataclasses.replace(w, true_accuracy=acc, n_labelled=len(y), selective=sel)
         if self._store is not None:
             self._store.set_labels(self.name, w2, y)
-        self.windows[idx] = w2
+        if idx is not None:
+            self.windows[idx] = w2
         return w2
 
     # ---------------------------------------------------------------------------------------- reading
@@ -636,12 +668,15 @@ class Monitor:
         """The monitor's HTML report (:class:`~failsight.report.Report`; ``.write(path)`` writes it)."""
         from failsight.monitor.report import monitor_report
 
-        return monitor_report(self.windows, self.config, name=self.name, reference_accuracy=self.reference_accuracy,
+        return monitor_report(self.history(), self.config, name=self.name, reference_accuracy=self.reference_accuracy,
                               n_reference=len(self.reference_y), model_name=self.model_name,
                               fingerprint=self.fingerprint, created=created)
 
     def history(self) -> list[WindowResult]:
-        """All recorded windows, oldest first."""
+        """All recorded windows, oldest first: read from the store when there is one, else the in-memory ones
+        (the most recent ``keep_windows``)."""
+        if self._store is not None:
+            return self._store.windows(self.name)
         return list(self.windows)
 
     def close(self) -> None:

@@ -131,8 +131,9 @@ class MonitorStore:
                 n_classes=int(ref_probs.shape[1]), n_reference=len(ref_y), config=json.dumps(config, sort_keys=True),
                 reference=blob, failsight_version=__version__))
 
-    def load(self, name: str) -> dict[str, Any] | None:
-        """The stored monitor ``name`` (config, reference, windows) or ``None``."""
+    def load(self, name: str, last: int | None = None) -> dict[str, Any] | None:
+        """The stored monitor ``name`` (config, reference, windows) or ``None``; ``last``: only the most recent
+        ``last`` windows (oldest first), so reopening a long-running monitor reads a bounded amount."""
         from failsight.monitor.core import WindowResult
 
         with self.runs._errors("reading"), self.engine.connect() as conn:
@@ -140,9 +141,14 @@ class MonitorStore:
             if row is None:
                 return None
             ref = _unpack(row.reference)
-            q = sa.select(windows_table.c.result).where(windows_table.c.monitor_id == row.id) \
-                .order_by(windows_table.c.window_id)
+            q = sa.select(windows_table.c.result).where(windows_table.c.monitor_id == row.id)
+            if last is None:
+                q = q.order_by(windows_table.c.window_id)
+            else:
+                q = q.order_by(windows_table.c.window_id.desc()).limit(int(last))
             windows = [WindowResult.from_dict(json.loads(r.result)) for r in conn.execute(q)]
+            if last is not None:
+                windows.reverse()
         created = row.created_at
         created = created.replace(tzinfo=_dt.timezone.utc) if created.tzinfo is None else created
         return {"name": row.name, "created_at": created.isoformat(), "fingerprint": row.fingerprint,
@@ -167,6 +173,21 @@ class MonitorStore:
             conn.execute(windows_table.insert().values(
                 monitor_id=mid, window_id=window.window_id, created_at=_now(), name=window.name[:255], n=window.n,
                 result=window.to_json(), predictions=_pack(**arrays), labels=None, true_accuracy=None))
+
+    def window(self, name: str, window_id: int) -> Any:
+        """The stored :class:`~failsight.monitor.WindowResult` of one window, or ``None``."""
+        from failsight.monitor.core import WindowResult
+
+        with self.runs._errors("reading"), self.engine.connect() as conn:
+            mid = self._monitor_id(conn, name)
+            res = conn.execute(sa.select(windows_table.c.result).where(
+                windows_table.c.monitor_id == mid, windows_table.c.window_id == window_id)).scalar_one_or_none()
+        return None if res is None else WindowResult.from_dict(json.loads(res))
+
+    def windows(self, name: str) -> list[Any]:
+        """Every stored window of monitor ``name``, oldest first."""
+        data = self.load(name)
+        return [] if data is None else data["windows"]
 
     def predictions(self, name: str, window_id: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The stored predicted classes ``(n,)`` and accepted mask ``(n,)`` (or ``None``) of a window."""
