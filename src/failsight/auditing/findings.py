@@ -76,6 +76,8 @@ def calibrator_phrase(name: str) -> str:
 def _reliability(a: Any, margins: bool = False) -> list[Finding]:
     out = []
     ece = a.metric("ece")
+    # "fix applied" only when a calibrator was chosen; "no calibrator improves on it" is a finding, not a fix
+    fixed = a.metrics_calibrated is not None and a.best_calibrator not in (None, "uncalibrated")
     acc = a.accuracy
     conf = float(a.test_confidence.mean()) if a.test_confidence is not None and len(a.test_confidence) else math.nan
     side = "over-confident" if conf > acc else "under-confident"
@@ -86,7 +88,7 @@ def _reliability(a: Any, margins: bool = False) -> list[Finding]:
         text += f"; {calibrator_phrase(a.best_calibrator)} brings it to {after:.3f}"
     elif a.metrics_calibrated is not None:
         text += "; no calibrator improves on it"
-    if margins and a.metrics_calibrated is not None and a.best_calibrator not in (None, "uncalibrated"):
+    if margins and fixed:
         # decision margins have no probabilities to be calibrated or not: the model is what calibration made
         after = a.metric("ece", calibrated=True).value
         text = (f"the model gives decision margins, not probabilities: calibrated with "
@@ -97,9 +99,9 @@ def _reliability(a: Any, margins: bool = False) -> list[Finding]:
         out.append(Finding("reliability", ece.value, "the model gives decision margins, not probabilities, and no "
                                                      "calibrator improves on softmax(margins): its ECE "
                                                      f"{ece.value:.3f} says little; calibrate it on more data",
-                           fix=a.metrics_calibrated is not None))
+                           fix=False))
     else:
-        out.append(Finding("reliability", ece.value, text, fix=a.metrics_calibrated is not None))
+        out.append(Finding("reliability", ece.value, text, fix=fixed))
     if a.threshold is not None:
         t = a.threshold
         out.append(Finding("reliability", 0.5 * (1 - t.coverage),

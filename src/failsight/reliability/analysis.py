@@ -15,9 +15,9 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from scipy import stats
 from scipy.special import softmax
 
+from failsight._stats import clopper_pearson
 from failsight._validate import (
     FailsightInputError,
     as_float_array,
@@ -155,13 +155,6 @@ def _read(x: Any, is_logits: bool | None, name: str) -> tuple[np.ndarray | None,
     return None, p / p.sum(axis=1, keepdims=True), "probs"
 
 
-def _clopper_pearson(k: int, n: int, level: float) -> Interval:
-    a = 1.0 - level
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
-    return Interval(lo, hi, level)
-
-
 def _metric_rows(y: np.ndarray, p: np.ndarray, n_bins: int, confidence: float, n_boot: int,
                  seed: int) -> tuple[MetricRow, ...]:
     ci_kw = {"ci": confidence, "n_boot": n_boot, "seed": seed}
@@ -180,7 +173,7 @@ def _metric_rows(y: np.ndarray, p: np.ndarray, n_bins: int, confidence: float, n
         MetricRow("Brier score", "brier", float(_metrics.brier_score(y, p)), None, True,
                   "mean squared error of the probability vector"),
         MetricRow("NLL", "nll", float(_metrics.nll(y, p)), None, True, "negative log-likelihood (nats)"),
-        MetricRow("accuracy", "accuracy", n_ok / n, _clopper_pearson(n_ok, n, confidence), False,
+        MetricRow("accuracy", "accuracy", n_ok / n, clopper_pearson(n_ok, n, confidence), False,
                   "top-1 accuracy (exact Clopper-Pearson interval)"),
     )
 

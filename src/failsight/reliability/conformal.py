@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from failsight._stats import clopper_pearson
 from failsight._validate import (
     PROB_SUM_ATOL,
     FailsightInputError,
@@ -553,15 +554,6 @@ class ConformalAnalysis(Result):
         return self.coverage_ci.high >= self.guarantee.low and self.coverage_ci.low <= self.guarantee.high
 
 
-def _clopper_pearson(k: int, n: int, level: float) -> Interval:
-    from scipy.stats import beta
-
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return Interval(lo, hi, level)
-
-
 def conformal_analysis(
     y_cal: Any,
     cal: Any,
@@ -611,7 +603,7 @@ def conformal_analysis(
     return ConformalAnalysis(
         method=cc.method, alpha=float(alpha), class_conditional=bool(class_conditional),
         quantile=cc.quantile_, n_calibration=n_cal, n_test=len(y), coverage=float(hit.mean()),
-        coverage_ci=_clopper_pearson(int(hit.sum()), len(y), confidence),
+        coverage_ci=clopper_pearson(int(hit.sum()), len(y), confidence),
         guarantee=Interval(1 - alpha, min(1.0, 1 - alpha + 1 / (n_cal + 1)), 1.0),
         mean_size=float(sizes.mean()), empty_rate=float((sizes == 0).mean()), singleton_rate=float((sizes == 1).mean()),
         size_histogram=tuple(int(c) for c in np.bincount(sizes, minlength=k + 1)),

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from failsight._stats import clopper_pearson
 from failsight._validate import FailsightInputError, check_int, check_labels, to_numpy
 from failsight.types import Interval, Result
 
@@ -571,15 +572,6 @@ class RobustAccuracyCurve(Result):
         return not self.warnings
 
 
-def _clopper_pearson(k: int, n: int, level: float) -> Interval:
-    from scipy.stats import beta
-
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return Interval(lo, hi, level)
-
-
 def robust_accuracy(
     model: Any,
     x: Any,
@@ -651,7 +643,7 @@ def robust_accuracy(
                 alive[idx[broke]] = False
             k = int(alive.sum())
             acc.append(k / n)
-            cis.append(_clopper_pearson(k, n, float(ci)))
+            cis.append(clopper_pearson(k, n, float(ci)))
         msgs: list[str] = []
         chk = fg = ()
         fewer = big = big_acc = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from failsight._stats import clopper_pearson_interval
 from failsight._validate import FailsightInputError
 
 #: Interval methods for a proportion (accuracy) accepted by :func:`proportion_interval`.
@@ -51,18 +52,6 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[
     centre = (p + z * z / (2.0 * n)) / denom
     half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
     return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
-
-
-def clopper_pearson_interval(k: np.ndarray, n: np.ndarray,
-                             level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (Clopper-Pearson) interval for ``k`` successes out of ``n``; ``n >= 1``."""
-    k = np.asarray(k, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    a = (1.0 - level) / 2.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        low = np.where(k > 0, stats.beta.ppf(a, k, n - k + 1.0), 0.0)
-        high = np.where(k < n, stats.beta.ppf(1.0 - a, k + 1.0, n - k), 1.0)
-    return low, high
 
 
 def bootstrap_proportion_interval(k: np.ndarray, n: np.ndarray, level: float, n_boot: int,
