@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from failsight import __version__
+from failsight.demo import DEMO_STEPS
 
 app = typer.Typer(
     name="failsight",
@@ -208,7 +209,7 @@ def demo(
                                            "(train-images-idx3-ubyte[.gz], ...). Nothing is downloaded."),
     mnist_train: int | None = typer.Option(None, "--mnist-train", show_default=False, metavar="N",
                                            help="With --mnist: use N training images (default all 55k)."),
-    steps: str = typer.Option("reliability,robustness,defuse,slices,study", "--steps",
+    steps: str = typer.Option(",".join(DEMO_STEPS), "--steps",
                               help="Comma-separated pillars to run (reliability is always run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (bar in a terminal, log lines otherwise)."),
 ) -> None:

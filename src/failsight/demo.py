@@ -5,7 +5,8 @@ steps live in library functions; this module only wires them together and hands 
 JSON results to the report layer for writing.
 
 Steps (``steps=``): the audit's ``reliability`` (calibration, calibrators, selective prediction),
-``robustness`` (corruptions and cue shifts, shift and OOD detection), ``defuse`` (regions of the real CNN to
+``robustness`` (corruptions and cue shifts, shift and OOD detection), ``adversarial`` (PGD robust accuracy
+over an ε grid), ``defuse`` (regions of the real CNN to
 label, plus a planted bug found and fixed with an oracle labeller) and ``slices`` (class, ink and width
 slices against a half-width baseline), then ``study`` (the shapes × colours ablation study, ``demo`` preset).
 """
@@ -25,8 +26,8 @@ __all__ = ["DEMO_STEPS", "DemoResult", "run_demo"]
 
 REPORT_NAME = "report.html"
 RESULTS_NAME = "results.json"
-#: Steps of the demo, in report order: the four audit steps, then the shapes × colours study.
-DEMO_STEPS = ("reliability", "robustness", "defuse", "slices", "study")
+#: Steps of the demo, in report order: the five audit steps, then the shapes × colours study.
+DEMO_STEPS = ("reliability", "robustness", "adversarial", "defuse", "slices", "study")
 
 
 @dataclasses.dataclass(frozen=True)
