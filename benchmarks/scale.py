@@ -7,7 +7,9 @@ Reads MNIST from ``../shared/data/mnist/`` (skips with a message where it is abs
   audit makes (every shift × severity over the test set, the clean pass, the reliability step's test and
   calibration passes, the detection reference, the OOD images and the conformal sets' 500 images per condition);
 - the audit (reliability, robustness at the default shifts and severities, slices) with 1 worker and with all
-  workers: wall time, wall / floor, peak RSS and peak PSS of the whole process tree (sampled from ``/proc``);
+  workers, each in a fresh process as ``failsight audit`` runs it: wall time, wall / floor, peak RSS and peak
+  PSS of that process's whole tree (workers and forkserver included, sampled from ``/proc`` every 0.2 s from
+  the start of the audit, its test and calibration data already loaded);
 - the same audit on a local Ray cluster: identical numbers (``to_dict()`` compared), overhead vs local.
 
 The second set is MNIST padded to 32×32 and tinted with a random colour per image (10k × 3×32×32), with its
@@ -146,24 +148,26 @@ def _mem(pid: int) -> tuple[int, int]:
 
 
 class TreeMemory:
-    """Samples RSS and PSS summed over this process tree every ``interval`` s; ``peak()`` since ``reset()``.
+    """Samples RSS and PSS summed over a process tree (``root``'s, default this process's) every ``interval`` s;
+    ``peak()`` since ``reset()``.
 
-    The RSS sum counts pages shared between processes (memory-mapped data, the Ray object store) once per
-    process, an upper bound; PSS splits shared pages between their users, so its sum is the tree's real footprint.
+    The RSS sum counts pages shared between processes (shared libraries, the forkserver's pages its workers
+    inherit, memory-mapped data, the Ray object store) once per process, an upper bound; PSS splits shared
+    pages between their users, so its sum is the tree's real footprint.
     """
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, root: int | None = None) -> None:
         self.interval = interval
+        self.root = os.getpid() if root is None else root
         self._peak = (0, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        me = os.getpid()
         while not self._stop.is_set():
             tot = [0, 0]
-            for p in _tree(me):
+            for p in _tree(self.root):
                 r, s = _mem(p)
                 tot[0] += r
                 tot[1] += s
@@ -209,6 +213,59 @@ def _audit(model: Any, test: tuple, cal: tuple, shifts: Any, **kw: Any) -> tuple
     return res, time.perf_counter() - t
 
 
+def _set_data(name: str, kind: str, n_test: int) -> tuple[Any, tuple, tuple]:
+    """The model (from the cache :func:`_train` filled) and the test and calibration data of set ``name``."""
+    x_tr, y_tr, x_te, y_te = _mnist()
+    x_cal, y_cal = x_tr[-5000:].copy(), y_tr[-5000:].copy()  # copies: the 60k training images are freed
+    del x_tr
+    x_te, y_te = x_te[:n_test], y_te[:n_test]
+    if name.startswith("rgb"):
+        x_te, x_cal = _rgb32(x_te, 2), _rgb32(x_cal, 3)
+    model = _net(kind, x_te.shape[1], x_te.shape[2])
+    model.load_state_dict(torch.load(CACHE / f"{'rgb32' if name.startswith('rgb') else 'mnist'}-{kind}.pt",
+                                     weights_only=True))
+    return model.eval(), (x_te, y_te), (x_cal, y_cal)
+
+
+def _child(conn: Any, name: str, kind: str, n_test: int, shifts: Any, kw: dict[str, Any]) -> None:
+    """One audit in a fresh process, as ``failsight audit`` would run it: loads its data, tells the parent when
+    the audit starts (memory is measured from there), sends back (wall s, sweep s, numbers, clean accuracy)."""
+    model, test, cal = _set_data(name, kind, n_test)
+    conn.send("start")
+    res, wall = _audit(model, test, cal, shifts, **kw)
+    conn.send((wall, res.robustness.seconds.get("evaluate", float("nan")), _numbers(res),
+               res.robustness.clean_accuracy))
+    if kw.get("backend") == "ray":
+        import ray
+
+        ray.shutdown()
+    conn.close()
+
+
+def _audit_in_child(name: str, kind: str, n_test: int, shifts: Any, kw: dict[str, Any]
+                    ) -> tuple[float, float, dict[str, Any], float, float, float]:
+    """:func:`_child` in a spawned process; adds the peak RSS and PSS (GiB) of its process tree."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(child, name, kind, n_test, shifts, kw))
+    proc.start()
+    mem = TreeMemory(root=proc.pid)
+    try:
+        if parent.recv() != "start":
+            raise RuntimeError("the audit process did not start")
+        mem.reset()
+        wall, sweep, nums, acc = parent.recv()
+        rss, pss = mem.peak()
+    finally:
+        mem.stop()
+        proc.join()
+    if proc.exitcode:
+        raise RuntimeError(f"the audit process failed (exit code {proc.exitcode})")
+    return wall, sweep, nums, acc, rss, pss
+
+
 def _strip_timings(d: Any) -> Any:
     """``d`` without wall-time entries (``seconds``, ``*_time_s``), which differ between any two runs."""
     if isinstance(d, dict):
@@ -233,10 +290,12 @@ def task_overhead(executor: Any, n: int = 200) -> float:
     return 1000 * (time.perf_counter() - t) / n
 
 
-def run_set(name: str, model: Any, x_test: np.ndarray, y_test: np.ndarray, x_cal: np.ndarray, y_cal: np.ndarray,
-            shifts: Any, workers: int, use_ray: bool, mem: TreeMemory, floor_seconds: float = 8.0
-            ) -> list[dict[str, Any]]:
+def run_set(name: str, kind: str, n_test: int, shifts: Any, workers: int, use_ray: bool,
+            floor_seconds: float = 8.0) -> list[dict[str, Any]]:
+    """Floor, then each run in a fresh process (:func:`_audit_in_child`); prints and returns the table rows."""
     from failsight.robustness.analysis import default_shifts
+
+    model, (x_test, y_test), (_, y_cal) = _set_data(name, kind, n_test)
 
     names = default_shifts(x_test.shape[1]) if shifts is None else shifts
     n_cond = 1 + 3 * len(names)
@@ -253,21 +312,14 @@ def run_set(name: str, model: Any, x_test: np.ndarray, y_test: np.ndarray, x_cal
     ref = None
     for label, kw in [("local, 1 worker", {"workers": 1}), (f"local, {workers} workers", {"workers": workers})] + (
             [(f"ray local cluster, {workers} CPUs", {"backend": "ray", "workers": workers})] if use_ray else []):
-        mem.reset()
-        res, wall = _audit(model, (x_test, y_test), (x_cal, y_cal), names, **kw)
-        rss, pss = mem.peak()
-        nums = _numbers(res)
+        wall, sweep, nums, acc, rss, pss = _audit_in_child(name, kind, n_test, names, kw)
         same = "-" if ref is None else ("yes" if nums == ref else "NO")
         ref = nums if ref is None else ref
-        sweep = res.robustness.seconds.get("evaluate", float("nan"))
         rows.append({"set": name, "run": label, "wall": wall, "floor": floor, "rss": rss, "pss": pss, "same": same,
-                     "sweep": sweep, "clean_acc": res.robustness.clean_accuracy})
+                     "sweep": sweep, "clean_acc": acc})
         print(f"  {label:<28} wall {wall:7.1f} s (shift sweep {sweep:6.1f} s)  wall/floor {wall / floor:5.2f}  "
-              f"peak RSS {rss:5.2f} GiB (PSS {pss:5.2f})  identical to 1 worker: {same}", flush=True)
-        if kw.get("backend") == "ray":
-            import ray
-
-            ray.shutdown()  # its processes would count in the next run's memory
+              f"peak RSS {rss:5.2f} GiB = {rss * 2**30 / 1e9:4.2f} GB (PSS {pss:5.2f} GiB)  "
+              f"identical to 1 worker: {same}", flush=True)
     local_n = next(r for r in rows if r["run"].startswith(f"local, {workers}"))
     for r in rows:
         if r["run"].startswith("ray"):
@@ -308,19 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     shifts = QUICK_SHIFTS if args.quick else None
     # calibration / reference split: the last 5,000 training images (never trained on)
     x_cal, y_cal, x_fit, y_fit = x_tr[-5000:], y_tr[-5000:], x_tr[:-5000], y_tr[:-5000]
-    mem = TreeMemory()
     rows: list[dict[str, Any]] = []
     sets = [s.strip() for s in (args.sets or ("mnist" if args.quick else "mnist,rgb32")).split(",") if s.strip()]
     floor_seconds = 3.0 if args.quick else 8.0
     if "mnist" in sets:
-        model = _train(args.model, "mnist", x_fit, y_fit)
-        rows += run_set("mnist 1x28x28", model, x_te[:n_test], y_te[:n_test], x_cal, y_cal, shifts, workers,
-                        use_ray, mem, floor_seconds)
+        _train(args.model, "mnist", x_fit, y_fit)
     if "rgb32" in sets:
-        model = _train(args.model, "rgb32", _rgb32(x_fit[:20000], 1), y_fit[:20000])
-        rows += run_set("rgb 3x32x32", model, _rgb32(x_te[:n_test], 2), y_te[:n_test], _rgb32(x_cal, 3), y_cal,
-                        shifts, workers, use_ray, mem, floor_seconds)
-    mem.stop()
+        _train(args.model, "rgb32", _rgb32(x_fit[:20000], 1), y_fit[:20000])
+    del x_tr, y_tr, x_te, y_te, x_cal, y_cal, x_fit, y_fit
+    if "mnist" in sets:
+        rows += run_set("mnist 1x28x28", args.model, n_test, shifts, workers, use_ray, floor_seconds)
+    if "rgb32" in sets:
+        rows += run_set("rgb 3x32x32", args.model, n_test, shifts, workers, use_ray, floor_seconds)
     print("\n| set | run | wall s | shift sweep s | wall / 1-core floor | peak RSS GiB (tree) | peak PSS GiB (tree) "
           "| same numbers |")
     print("|---|---|---|---|---|---|---|---|")

@@ -604,6 +604,9 @@ def analyze_robustness(
             for r in runners:  # decide logits/probabilities and check outputs and labels before the sweep
                 ConditionStats.of(ya[:CORRUPT_ROWS], r.probs(r.decide(xa[:CORRUPT_ROWS])[0]))
             kind = runner.output_kind or "logits"
+            # the reference pass runs here, before the sweep starts its workers: this process's peak memory
+            # then never coincides with theirs
+            ref_pre = runner.predict(xr) if xr is not None else None
             partials = _sweep_conditions(runners, xa, ya, conditions, seed, executor=executor, progress=progress,
                                          pool=pool, pool_keys=pool_keys, n_samples=_N_SAMPLE_CANDIDATES)
             evaluation = _build_result(names, sev, [[s.metrics() for s in p.stats] for p in partials], base_result,
@@ -626,8 +629,8 @@ def analyze_robustness(
 
             # reference outputs / features ---------------------------------------------------------------
             use_feats = runner.has_features and clean_feats is not None
-            if xr is not None:
-                ref_raw, ref_feats = runner.predict(xr)
+            if ref_pre is not None:
+                ref_raw, ref_feats = ref_pre
             else:
                 ref_raw = raw0[ref_rows]
                 ref_feats = clean_feats[ref_rows] if clean_feats is not None else None
@@ -659,6 +662,7 @@ def analyze_robustness(
                 cells = _run_detection(ctx, det_members, sev, n_trials, n_null_trials, executor=executor,
                                        progress=progress)
             seconds["detection"] = time.perf_counter() - t0
+            executor.close()  # the last engine stage: idle workers would add their memory to the OOD pass's
             det_settings = {
                 "alpha": alpha, "n_trials": n_trials, "n_null_trials": n_null_trials, "sizes": list(sizes),
                 "reference": "x_reference" if xr is not None else "random half of x",
