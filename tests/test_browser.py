@@ -24,10 +24,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _missing import missing_tool
+
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
                              shutil.which("google-chrome")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium); "
-                                                         ".ci/run installs it where it can")
+
+
+@pytest.fixture(autouse=True)
+def _needs_chromium() -> None:
+    if CHROMIUM is None:
+        missing_tool("Chromium", "no chromium, chromium-browser or google-chrome on PATH")
+
 
 PHONE_WIDTH = 390
 
@@ -158,7 +165,7 @@ class Browser:
                 break
         if url is None:
             self.proc.kill()
-            pytest.skip(f"chromium did not start: {''.join(seen)[-400:]}")
+            missing_tool("Chromium", f"it did not start: {''.join(seen)[-400:]}")
         self.ws = _WebSocket(url)
         self.next_id = 0
         self.events: list[dict[str, Any]] = []

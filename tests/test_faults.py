@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from _missing import missing_tool
 from _postgres import PostgresUnavailable, start_postgres
 from failsight._io import atomic_open, atomic_write, check_output, check_output_dir
 from failsight._validate import FailsightInputError
@@ -45,7 +46,7 @@ def pg_server():
     try:
         server = start_postgres()
     except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server for the run-store fault tests: {exc}")
+        missing_tool("PostgreSQL", str(exc))
     yield server.url
     server.stop()
 

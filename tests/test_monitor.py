@@ -221,12 +221,13 @@ def db(request, tmp_path):
     if request.param == "sqlite":
         return str(tmp_path / "monitor.db")
     sys.path.insert(0, str(Path(__file__).parent))
+    from _missing import missing_tool
     from _postgres import PostgresUnavailable, start_postgres
 
     try:
         server = start_postgres()
     except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
+        missing_tool("PostgreSQL", str(exc))
     request.addfinalizer(server.stop)
     return server.url
 

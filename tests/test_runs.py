@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import typer
 from typer.testing import CliRunner
 
+from _missing import missing_tool
 from _postgres import PostgresUnavailable, start_postgres
 from failsight._validate import FailsightInputError
 from failsight.runs import RunStore, RunStoreError, metric_direction
@@ -29,7 +30,7 @@ def pg_url():
     try:
         server = start_postgres()
     except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server for the run-store tests: {exc}")
+        missing_tool("PostgreSQL", str(exc))
     yield server.url
     server.stop()
 
