@@ -11,10 +11,10 @@ import os
 import pytest
 
 
-def missing_tool(tool: str, detail: str) -> None:
+def missing_tool(tool: str, debian_package: str, detail: str) -> None:
     """Skip (or, under ``CI=true``, fail) because ``tool`` is not available; ``detail`` says what was tried."""
-    msg = (f"{tool} is not available on this machine ({detail}); install it (Debian: "
-           f"{'postgresql' if tool == 'PostgreSQL' else 'chromium'}) to run this test — .ci/run does")
+    msg = (f"{tool} is not available on this machine ({detail}); install it (Debian: {debian_package}) "
+           "to run this test — .ci/run does")
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(msg + ", so under CI=true this is an error", pytrace=False)
     pytest.skip(msg)

@@ -33,7 +33,7 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-br
 @pytest.fixture(autouse=True)
 def _needs_chromium() -> None:
     if CHROMIUM is None:
-        missing_tool("Chromium", "no chromium, chromium-browser or google-chrome on PATH")
+        missing_tool("Chromium", "chromium", "no chromium, chromium-browser or google-chrome on PATH")
 
 
 PHONE_WIDTH = 390
@@ -165,7 +165,7 @@ class Browser:
                 break
         if url is None:
             self.proc.kill()
-            missing_tool("Chromium", f"it did not start: {''.join(seen)[-400:]}")
+            missing_tool("Chromium", "chromium", f"it did not start: {''.join(seen)[-400:]}")
         self.ws = _WebSocket(url)
         self.next_id = 0
         self.events: list[dict[str, Any]] = []

@@ -227,7 +227,7 @@ def db(request, tmp_path):
     try:
         server = start_postgres()
     except PostgresUnavailable as exc:
-        missing_tool("PostgreSQL", str(exc))
+        missing_tool("PostgreSQL", "postgresql", str(exc))
     request.addfinalizer(server.stop)
     return server.url
 

@@ -30,7 +30,7 @@ def pg_url():
     try:
         server = start_postgres()
     except PostgresUnavailable as exc:
-        missing_tool("PostgreSQL", str(exc))
+        missing_tool("PostgreSQL", "postgresql", str(exc))
     yield server.url
     server.stop()
 
