@@ -5,7 +5,7 @@ steps live in library functions; this module only wires them together and hands 
 JSON results to the report layer for writing.
 
 Steps (``steps=``): the audit's ``reliability`` (calibration, calibrators, selective prediction),
-``robustness`` (corruptions and cue shifts, shift and OOD detection), ``adversarial`` (PGD robust accuracy
+``robustness`` (corruptions and cue shifts, shift and OOD detection), ``adversarial`` (APGD-CE robust accuracy
 over an ε grid), ``defuse`` (regions of the real CNN to
 label, plus a planted bug found and fixed with an oracle labeller) and ``slices`` (class, ink and width
 slices against a half-width baseline), then ``study`` (the shapes × colours ablation study, ``demo`` preset).
