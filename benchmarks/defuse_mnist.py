@@ -135,6 +135,7 @@ def run_bug(split, bug: tuple, seed: int, oracle, args, sub_mask_all=None) -> di
     p5 = float(np.mean([labels[r.id] is not None for r in top5])) if top5 else 0.0
     fold = getattr(regions, "fold", len(regions))
     shown = regions[:fold]
+    # precision of what the person is shown first: the regions above the fold (at most 5)
     p_fold = float(np.mean([labels[r.id] is not None for r in shown])) if shown else None
     return {
         "bug": bug_name(bug), "kind": kind, "seed": seed, "n_train": len(y_tr), "n_planted_train": n_planted,
@@ -173,19 +174,26 @@ def summarise(rows: list[dict], title: str) -> None:
     if not rows:
         return
     print(f"\n{title}: {len(rows)} run(s)")
-    head = f"{'bug':24} {'seed':>4} {'rank':>4} {'regions':>9} {'p@5':>5} {'fail before->after':>19} {'rest Δ pts':>10} {'wall s':>7}"
+    head = (f"{'bug':24} {'seed':>4} {'rank':>4} {'regions':>9} {'p@5':>5} {'p@fold':>6} {'fail before->after':>19} "
+            f"{'rest Δ pts':>10} {'lam':>4} {'wall s':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['bug']:24} {r['seed']:>4} {r['rank']!s:>4} {r['above_fold']:>3}/{r['n_regions']:<5} "
-              f"{r['precision_at_5']:5.2f} {r['fail_before']:8.1%} -> {r['fail_after']:6.1%} "
-              f"{100 * (r['rest_after'] - r['rest_before']):10.2f} {r['seconds']:7.0f}")
+              f"{r['precision_at_5']:5.2f} {_fmt(r['precision_above_fold']):>6} {r['fail_before']:8.1%} -> "
+              f"{r['fail_after']:6.1%} {100 * (r['rest_after'] - r['rest_before']):10.2f} {_fmt(r['lam']):>4} "
+              f"{r['seconds']:7.0f}")
     n = len(rows)
     top3 = sum(r["top3"] for r in rows)
     fixed = sum(r["fail_after"] >= 0.8 and r["rest_after"] - r["rest_before"] >= -0.005 for r in rows)
     print(f"targets: planted pair in top 3 {top3}/{n} (>= 90%) | fixed to >= 80% with rest >= -0.5 pt {fixed}/{n} "
-          f"(>= 90%) | mean precision@5 {np.mean([r['precision_at_5'] for r in rows]):.2f} (>= 0.6) | "
+          f"(>= 90%) | mean precision@5 {np.mean([r['precision_at_5'] for r in rows]):.2f} (>= 0.6), above the fold "
+          f"{np.mean([r['precision_above_fold'] or 0.0 for r in rows]):.2f} | "
           f"max wall {max(r['seconds'] for r in rows):.0f} s (<= 600 s on 2 cores)")
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

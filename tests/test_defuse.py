@@ -375,6 +375,23 @@ def test_correction_fixes_the_pocket_and_keeps_the_original(toy):
     if res.tolerance_met:  # the chosen lam's validation loss is not significantly above the tolerance
         chosen = next(r for r in res.lambdas if r["lam"] == res.lam)
         assert chosen["within_tolerance"] and chosen["loss_p_value"] >= 0.05
+    # among the weights within tolerance, the chosen one has the largest net gain on real validation images
+    # (the bug's real validation images fixed minus the validation images lost)
+    # once the validation split holds at least min_val_failures of them (here: any). The toy's training images
+    # hold none, so the validation split gets 60 pocket samples labelled "one" (the model is right on 11-23% of
+    # them, asserted above for held-out samples, so some are failures)
+    x_v, y_v = toy_train(gen, n=300, seed=7)
+    x_v = np.concatenate([x_v, regions[0].sample(60, seed=11)])
+    y_v = np.concatenate([y_v, np.ones(60, dtype=np.int64)])
+    _, net = correct(model, regions, labels, x_tr, y_tr, **{**kw, "x_val": x_v, "y_val": y_v, "min_val_failures": 1})
+    assert all(0 <= r["val_fixed"] <= r["val_failures"] for r in net.lambdas)
+    ok_rows = [r for r in net.lambdas if r["within_tolerance"]]
+    assert net.lambdas[0]["val_failures"] > 0
+    if ok_rows:
+        chosen = next(r for r in net.lambdas if r["lam"] == net.lam)
+        assert chosen["val_fixed"] - chosen["val_lost"] == max(r["val_fixed"] - r["val_lost"] for r in ok_rows)
+    with pytest.raises(FailsightInputError, match="min_val_failures"):
+        correct(model, regions, labels, x_tr, y_tr, **{**kw, "min_val_failures": 0})
 
     # What the fine-tune achieves is a training outcome (a different seed or CPU rounds differently), so it is
     # asserted over three seeds, at least two of which must succeed. Measured: the fix (region >90% right,
