@@ -181,22 +181,18 @@ def loss_within_tolerance(lost: int, n_right: int, tolerance: float,
 def _conflicting(x: np.ndarray, y: np.ndarray, regions: list[Region], lab: dict[int, int | None],
                  quantile: float) -> np.ndarray:
     """Training images that contradict a labelled region: labelled as the class the classifier wrongly predicts
-    there, with a latent code inside the region's ``quantile`` ellipsoid. Returns ``(n,)`` int64: the label of
-    the (closest) region an image contradicts, ``-1`` where it contradicts none."""
+    there, with a latent code inside the region's ``quantile`` ellipsoid. Boolean mask ``(n,)``."""
     from scipy.stats import chi2
 
     gen = regions[0].generator
     z = np.asarray(gen.encode(x), dtype=np.float64)
-    out = np.full(len(y), -1, dtype=np.int64)
-    best = np.full(len(y), np.inf)
+    out = np.zeros(len(y), dtype=bool)
     limit = chi2.ppf(quantile, z.shape[1])
     for r in regions:  # loop over labelled regions
         if lab[r.id] == r.predicted_label:
             continue
         _, m2 = _gauss_loglik(z, r.mean, r.covariance)
-        hit = (y == r.predicted_label) & (m2 <= limit) & (m2 < best)
-        out[hit] = lab[r.id]
-        best[hit] = m2[hit]
+        out |= (y == r.predicted_label) & (m2 <= limit)
     return out
 
 
@@ -381,8 +377,7 @@ def correct(
 
     n_dropped = 0
     if drop_conflicting:
-        conf_label = _conflicting(x, y, labelled, lab, check_fraction(conflict_quantile, "conflict_quantile"))
-        keep = conf_label < 0
+        keep = ~_conflicting(x, y, labelled, lab, check_fraction(conflict_quantile, "conflict_quantile"))
         n_dropped = int((~keep).sum())
         x, y = x[keep], y[keep]
 
