@@ -392,3 +392,11 @@ def test_cli_raw_inputs_through_a_torch_model(tmp_path):
     with torch.no_grad():
         pred = model(torch.from_numpy(d.x_test[200:400])).argmax(1).numpy()
     assert rows[1]["true_accuracy"] == pytest.approx((pred == d.y_test[200:400]).mean())
+    # a model and image inputs: the monitor learnt shift_regression from simulated shifts; --no-simulate skips it
+    with Monitor(store=db) as mon:
+        assert mon.config.estimator == "shift_regression" and mon.config.shift_table is not None
+    r = CliRunner().invoke(app, ["monitor", "--model", str(tmp_path / "m.pt"), "--reference", str(tmp_path / "cal.npz"),
+                                 "--db", db, "--name", "plain", "--no-simulate", str(tmp_path / "b1.npz")])
+    assert r.exit_code in (0, 1), r.output
+    with Monitor(store=db, name="plain") as mon:
+        assert mon.config.estimator == "atc" and mon.config.shift_table is None

@@ -12,6 +12,10 @@
     w.alerts                           # the rules that fired, in words
     mon.add_labels(w.window_id, y)     # late labels: the true accuracy beside the estimate
 
+With a model and the reference as raw images, the monitor first simulates shifts of the reference (label
+shift and the corruption suite, seconds to a few minutes) and learns ``shift_regression``, its default
+estimator (:mod:`failsight.monitor.simulate`); from saved probabilities alone it uses ATC.
+
 numpy core: given probabilities it never imports torch (the model adapter is used only for raw inputs).
 The HTML page is :func:`failsight.monitor.report.monitor_report`; the CLI ``failsight monitor``.
 """
@@ -20,12 +24,14 @@ from __future__ import annotations
 
 from typing import Any
 
-_CORE = ("DEFAULT_ESTIMATOR", "KEEP_WINDOWS", "MIN_WINDOW", "Alert", "Drift", "Monitor", "MonitorConfig", "SelectiveWindow",
-         "WindowResult")
+_CORE = ("DEFAULT_ESTIMATOR", "KEEP_WINDOWS", "MIN_WINDOW", "SIMULATED_ESTIMATOR", "Alert", "Drift", "Monitor",
+         "MonitorConfig", "SelectiveWindow", "WindowResult")
 _ESTIMATORS = ("ATC", "ESTIMATORS", "AccuracyEstimate", "AccuracyEstimator", "CalibratedConfidence", "DoC",
                "MeanConfidence")
 
-__all__ = sorted(_CORE + _ESTIMATORS)
+_SIMULATE = ("ShiftRegression", "ShiftTable", "WindowStats", "simulate_reference", "simulate_shifts")
+
+__all__ = sorted(_CORE + _ESTIMATORS + _SIMULATE)
 
 
 def __getattr__(name: str) -> Any:  # lazy: `failsight monitor --help` stays fast
@@ -37,4 +43,8 @@ def __getattr__(name: str) -> Any:  # lazy: `failsight monitor --help` stays fas
         from failsight.monitor import estimators
 
         return getattr(estimators, name)
+    if name in _SIMULATE:
+        from failsight.monitor import simulate
+
+        return getattr(simulate, name)
     raise AttributeError(f"module 'failsight.monitor' has no attribute {name!r}")

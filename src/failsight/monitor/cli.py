@@ -88,7 +88,13 @@ def monitor_command(
     min_accuracy: float | None = typer.Option(None, "--min-accuracy", show_default=False,
                                               help="Accuracy floor (default: reference accuracy - 0.05)."),
     estimator: str | None = typer.Option(None, "--estimator", show_default=False,
-                                         help="Default estimator: atc, doc, calibrated_confidence, mean_confidence."),
+                                         help="Default estimator: shift_regression (learnt from simulated shifts "
+                                              "of the reference; the default with --model and image inputs), atc "
+                                              "(the default otherwise), doc, calibrated_confidence, "
+                                              "mean_confidence."),
+    no_simulate: bool = typer.Option(False, "--no-simulate",
+                                     help="Do not simulate shifts of the reference (faster set-up; the "
+                                          "per-sample estimators only)."),
     window: int | None = typer.Option(None, "--window", show_default=False,
                                       help="With 'labels': the window the labels belong to."),
     out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
@@ -114,7 +120,8 @@ def monitor_command(
         if files and str(files[0]) == "labels":
             _attach(db, name, window, files[1:])
             return
-        alerts = _record(db, name, model, reference, probs, files, max_risk, alpha, min_accuracy, estimator)
+        alerts = _record(db, name, model, reference, probs, files, max_risk, alpha, min_accuracy, estimator,
+                         no_simulate)
     except FailsightInputError as exc:
         _fail(str(exc))
         return
@@ -149,14 +156,16 @@ def _open_monitor(db: str, name: str, model: Path | None, reference: Path | None
 
 
 def _record(db: str, name: str, model: Path | None, reference: Path | None, probs: bool, files: list[Path],
-            max_risk: float | None, alpha: float | None, min_accuracy: float | None, estimator: str | None) -> int:
+            max_risk: float | None, alpha: float | None, min_accuracy: float | None, estimator: str | None,
+            no_simulate: bool = False) -> int:
     if not files:
         raise FailsightInputError("no window files given; pass one or more .npz files (one window each), or "
                                   "'report' / 'labels' as the first word.")
     for f in files:  # fail before recording anything when a file is missing
         if not f.is_file():
             raise FailsightInputError(f"window file {f} does not exist.")
-    settings = {"max_risk": max_risk, "alpha": alpha, "min_accuracy": min_accuracy, "estimator": estimator}
+    settings = {"max_risk": max_risk, "alpha": alpha, "min_accuracy": min_accuracy, "estimator": estimator,
+                "simulate": False if no_simulate else None}
     mon = _open_monitor(db, name, model, reference, probs, settings)
     n_alerts = 0
     try:
