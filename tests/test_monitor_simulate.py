@@ -162,3 +162,17 @@ def test_table_built_elsewhere_and_errors(digits_model):
     with pytest.raises(FailsightInputError, match="at least 200 reference images"):
         Monitor(lambda x: model(np.asarray(x).reshape(-1, 1, 8, 8)), reference=(flat, s.y_cal), simulate=True,
                 calibrator="none")
+
+
+def test_large_images_are_not_simulated_unasked():
+    rng = np.random.default_rng(0)
+    x = rng.random((220, 1, 80, 80), dtype=np.float32)
+    y = np.arange(220) % 3
+
+    def model(xs):
+        m = np.asarray(xs).reshape(len(xs), -1)[:, :3]
+        return m / m.sum(1, keepdims=True)
+
+    with pytest.warns(UserWarning, match="not simulated"):
+        mon = Monitor(model, reference=(x, y), calibrator="none")
+    assert mon.config.estimator == "atc" and mon.config.shift_table is None

@@ -49,6 +49,9 @@ MIN_REFERENCE = 50
 DEFAULT_ESTIMATOR = "atc"
 #: The estimator learnt from simulated shifts (:mod:`failsight.monitor.simulate`).
 SIMULATED_ESTIMATOR = "shift_regression"
+#: Largest image (H x W pixels) for which the monitor simulates shifts without being asked (``simulate=None``):
+#: up to CIFAR-sized images that takes seconds to a minute on a CPU; larger ones need ``simulate=True``.
+AUTO_SIMULATE_PIXELS = 64 * 64
 #: Windows a :class:`Monitor` keeps in memory by default (results, and without a store the predictions that
 #: late labels need): a few MB at most, whatever the number of windows seen.
 KEEP_WINDOWS = 1000
@@ -298,8 +301,9 @@ class Monitor:
 
     ``simulate``: learn accuracy under shift from simulated shifts of the reference
     (:mod:`failsight.monitor.simulate`): ``None`` (default) does it when a model is given and the reference
-    is at least 200 images ``(N, C, H, W)`` in [0, 1] (about 40 s for 3,000 MNIST images on 2 cores, shown
-    as progress unless ``progress=False``); ``False`` never; ``True`` insists (error where impossible); a
+    is at least 200 images ``(N, C, H, W)`` in [0, 1] of at most :data:`AUTO_SIMULATE_PIXELS` pixels (about
+    40 s for 3,000 MNIST images on 2 cores, shown as progress unless ``progress=False``; larger images warn
+    and skip it); ``False`` never; ``True`` insists (error where impossible); a
     dict passes options to :func:`~failsight.monitor.simulate.simulate_shifts` (``window``,
     ``per_condition``, ``severities``, ``shifts``, ``label_alphas``, ``n_label``, ``n_null``); a
     :class:`~failsight.monitor.simulate.ShiftTable` from :func:`~failsight.monitor.simulate_reference` uses
@@ -454,6 +458,16 @@ class Monitor:
             raise FailsightInputError(
                 "simulate needs at least 200 reference images (N, C, H, W), C = 1 or 3, float in [0, 1]; got "
                 f"shape {arr.shape}, dtype {arr.dtype}. Pass simulate=False for other inputs.")
+        if simulate is None and arr.shape[2] * arr.shape[3] > AUTO_SIMULATE_PIXELS:
+            import warnings
+
+            from failsight._validate import FailsightWarning
+
+            warnings.warn(
+                f"shifts of the reference were not simulated: {arr.shape[2]}x{arr.shape[3]} images take long to "
+                "corrupt 150 windows of on a CPU; pass simulate=True (or simulate={'per_condition': 1, 'window': "
+                "250}) to learn shift_regression anyway. The monitor uses ATC.", FailsightWarning, stacklevel=3)
+            return None
         allowed = {"window", "per_condition", "severities", "shifts", "label_alphas", "n_label", "n_null"}
         unknown = set(opts) - allowed
         if unknown:
