@@ -317,6 +317,7 @@ def score_windows(dataset: str, data: dict, max_risk: float, table=None) -> dict
     simulation: what it does on a kind of shift it never simulated (no-shift and label-shift windows keep the
     full table, as those are always simulated)."""
     from failsight.monitor import ESTIMATORS, SIMULATED_ESTIMATOR, Monitor
+    from failsight.monitor.estimators import sampling_se
     from failsight.monitor.simulate import ShiftRegression, WindowStats, split_reference
 
     t0 = time.perf_counter()
@@ -348,7 +349,7 @@ def score_windows(dataset: str, data: dict, max_risk: float, table=None) -> dict
                 # sampling part of the interval from the raw confidences (the monitor uses calibrated ones)
                 conf = p.max(axis=1) / p.sum(axis=1)
                 e = (held_models[data["family"][i]].estimate(stats_fn(p / p.sum(axis=1, keepdims=True)), LEVEL,
-                                                             float(np.sqrt(np.sum(conf * (1 - conf)))) / len(conf))
+                                                             sampling_se(conf))
                      if data["family"][i] in held_models else w.estimated_accuracy[SIMULATED_ESTIMATOR])
             else:
                 e = w.estimated_accuracy[name]

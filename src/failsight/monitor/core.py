@@ -33,6 +33,7 @@ from failsight.monitor.estimators import (
     AccuracyEstimator,
     Features,
     features,
+    sampling_se,
 )
 from failsight.types import Result
 
@@ -660,9 +661,8 @@ class Monitor:
         drift, excess = self._drift(p, f, alpha_rule)
         ests = {n: e.estimate(f, cfg.level, signal, excess) for n, e in self.estimators.items()}
         if self._shift_regression is not None:
-            q = f.cal_conf
-            se_sampling = math.sqrt(float(np.sum(q * (1.0 - q)))) / len(f)
-            ests[SIMULATED_ESTIMATOR] = self._shift_regression.estimate(self._window_stats(p), cfg.level, se_sampling)
+            ests[SIMULATED_ESTIMATOR] = self._shift_regression.estimate(self._window_stats(p), cfg.level,
+                                                                        sampling_se(f.cal_conf))
         alerts: list[Alert] = []
         a = ests[cfg.estimator]
         z = float(stats.norm.isf(alpha_rule))

@@ -129,6 +129,12 @@ def features(probs: np.ndarray, cal_probs: np.ndarray) -> Features:
     return Features(pred, conf, cal_conf, plogp.sum(axis=1))
 
 
+def sampling_se(q: np.ndarray) -> float:
+    """Standard error of a window's accuracy as a mean of Bernoulli outcomes with probabilities ``q`` ``(n,)``
+    (Poisson-binomial): ``sqrt(sum q (1 - q)) / n``."""
+    return math.sqrt(float(np.sum(q * (1.0 - q)))) / len(q)
+
+
 def _z(level: float) -> float:
     return float(stats.norm.ppf(0.5 + level / 2.0))
 
@@ -204,7 +210,7 @@ class AccuracyEstimator:
         if not math.isfinite(value):
             return AccuracyEstimate(self.name, value, float("nan"), float("nan"), level)
         q = f.cal_conf
-        se = math.sqrt(float(np.sum(q * (1.0 - q))) / len(f) ** 2 + self.reference_var_)
+        se = math.sqrt(sampling_se(q) ** 2 + self.reference_var_)
         half = _z(level) * se + self.shift_slack * max(0.0, shift_signal) + self.drift_slack * max(0.0, drift_excess)
         return AccuracyEstimate(self.name, value, max(0.0, value - half), min(1.0, value + half), level, se)
 

@@ -135,8 +135,8 @@ def simulate_shifts(predict: Callable[[np.ndarray], np.ndarray], x_b: np.ndarray
     """Windows with known accuracy built from the simulation half ``x_b`` ``(n, C, H, W)`` in [0, 1], ``y_b``
     ``(n,)`` (``probs_b`` ``(n, k)``: the model's outputs on it): ``n_null`` without shift, ``n_label`` per
     Dirichlet ``label_alphas``, ``per_condition`` per corruption (``shifts``: default the ``imagenet_c`` suite
-    for the images' channel count) x ``severities``. Windows hold ``min(window, n)`` images, drawn without
-    replacement within a window. ``predict`` maps images to softmax probabilities ``(n, k)``; it runs on one
+    for the images' channel count) x ``severities``. Windows hold ``min(window, n // 2)`` images (so plain
+    windows drawn without replacement still differ). ``predict`` maps images to softmax probabilities ``(n, k)``; it runs on one
     window at a time, so memory is bounded by a window. Seeded: the same inputs and seed give the same table."""
     from failsight.progress import progress_bar
     from failsight.robustness.label_shift import resample_to_priors
