@@ -32,7 +32,7 @@ from failsight.defuse import (
     resolve_labels,
     search_errors,
 )
-from failsight.defuse.correct import loss_within_tolerance
+from failsight.defuse.correct import _relabel_by_neighbours, loss_within_tolerance
 
 POCKET = np.array([2.0, 2.0])
 
@@ -235,6 +235,44 @@ def test_regions_find_the_pocket_first(toy):
     json.dumps(regions.to_dict())
 
 
+def test_regions_seen_failing_on_real_seeds_lead_and_alone_are_above_the_fold(toy):
+    import dataclasses
+
+    gen, model, _, _, found, regions = toy
+    # the toy's seeds never visit the pocket: no region is backed by real failures, the support rule sets the fold
+    assert all(r.real_backed is False and r.real_failures == 0 for r in regions)
+    # 30 labelled seeds inside the pocket ("one"), which the classifier reads as "zero": real failures of the bug
+    rng = np.random.default_rng(3)
+    x_in = gen.decode(POCKET + 0.3 * rng.standard_normal((30, 2)))
+    pred_in = model(torch.from_numpy(x_in)).argmax(1).numpy()
+    assert (pred_in == 0).mean() > 0.8
+    seen = dataclasses.replace(
+        found, seed_latent=np.concatenate([found.seed_latent, gen.encode(x_in)]),
+        seed_labels=np.concatenate([found.seed_labels, np.ones(30, dtype=np.int64)]),
+        seed_predicted=np.concatenate([found.seed_predicted, pred_in]))
+    out = find_regions(seen, gen, model, max_components=8, seed=0, class_names=("zero", "one"))
+    top = out[0]
+    assert top.dominant_pair == (1, 0) and top.real_backed and top.real_failures >= 20
+    assert top.real_failures <= top.real_seeds
+    backed = [r.real_backed for r in out]
+    assert backed == sorted(backed, reverse=True)  # backed regions first
+    assert out.fold == min(sum(backed), 5) and all(r.real_backed for r in out.above_fold)
+    assert all("real failures" in why for i, why in out.fold_reasons().items() if not out.by_id(i).real_backed)
+    # the counts survive a save/load round trip
+    assert [r.real_failures for r in out] == [r.real_failures for r in regions_roundtrip(out, gen)]
+
+
+def regions_roundtrip(regions, gen):
+    import tempfile
+    from pathlib import Path
+
+    from failsight.defuse import load_regions, save_regions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_regions(regions, Path(tmp) / "r.npz")
+        return load_regions(path, gen)
+
+
 def test_region_grouping_options(toy):
     gen, model, _, _, found, _ = toy
     glob = find_regions(found, gen, model, max_components=8, group_by="none", covariance_type="full", seed=0)
@@ -424,7 +462,9 @@ def test_correction_can_drop_conflicting_training_images(toy):
     y_all = np.concatenate([y_tr, np.zeros(30, dtype=np.int64)])
     x_val, y_val = toy_train(gen, n=150, seed=9)
     labels = {regions[0].id: 1}
-    kw = dict(x_val=x_val, y_val=y_val, lambdas=(0.3,), epochs=10, lr=0.05, seed=0, progress=False)
+    # relabel=False: here the validation split's images near the pocket are "one"s, so by default the pocket
+    # images would be relabelled rather than dropped (test_correction_relabels_training_images_...)
+    kw = dict(x_val=x_val, y_val=y_val, lambdas=(0.3,), epochs=10, lr=0.05, seed=0, progress=False, relabel=False)
     wins = 0
     for seed in (0, 1, 2):
         _, kept = correct(model, regions, labels, x_all, y_all, drop_conflicting=False, **{**kw, "seed": seed})
@@ -644,3 +684,33 @@ def test_regions_fold_survives_save_and_load(toy, tmp_path):
     assert back.fold == regions.fold and back.fold_reasons() == regions.fold_reasons()
     res = Defuse(model, generator=gen, seed=0, progress=False).result(found, regions)
     assert res.fold == regions.fold and res.to_dict()["fold"] == regions.fold
+
+
+def test_correction_relabels_training_images_the_validation_labels_contradict(toy):
+    gen, model, _, _, _, regions = toy
+    x_tr, y_tr = toy_train(gen, n=300)
+    rng = np.random.default_rng(7)
+    # 30 mislabelled training images inside the pocket (truly "one", labelled 0: the cause of the bug)
+    x_all = np.concatenate([x_tr, gen.decode(POCKET + 0.3 * rng.standard_normal((30, 2)))])
+    y_all = np.concatenate([y_tr, np.zeros(30, dtype=np.int64)])
+    x_v, y_v = toy_train(gen, n=150, seed=9)
+    x_pocket = gen.decode(POCKET + 0.3 * rng.standard_normal((40, 2)))
+    labels = {regions[0].id: 1}
+    kw = dict(lambdas=(0.3,), epochs=2, lr=0.05, seed=0, progress=False)
+    # the validation split shows pocket images labelled "one": its labels contradict the 30 training labels
+    _, res = correct(model, regions, labels, x_all, y_all, x_val=np.concatenate([x_v, x_pocket]),
+                     y_val=np.concatenate([y_v, np.ones(40, dtype=np.int64)]), **kw)
+    assert 20 <= res.n_train_relabelled <= 30  # only images labelled 0 near the region; never a genuine image
+    # the neighbour rule, directly: the new label is the region's, and only the pocket images get one
+    z = gen.encode(x_all).astype(np.float64)
+    new = _relabel_by_neighbours(z, y_all, gen.encode(np.concatenate([x_v, x_pocket])).astype(np.float64),
+                                 np.concatenate([y_v, np.ones(40, dtype=np.int64)]), [regions[0]], {regions[0].id: 1},
+                                 0.99, 10, 0.7)
+    assert set(np.flatnonzero(new >= 0)) <= set(range(len(y_tr), len(y_all))) and set(new[new >= 0]) <= {1}
+    # the same pocket images labelled 0 in the validation split agree with the training labels: nothing changes
+    _, agree = correct(model, regions, labels, x_all, y_all, x_val=np.concatenate([x_v, x_pocket]),
+                       y_val=np.concatenate([y_v, np.zeros(40, dtype=np.int64)]), **kw)
+    assert agree.n_train_relabelled == 0
+    _, off = correct(model, regions, labels, x_all, y_all, x_val=np.concatenate([x_v, x_pocket]),
+                     y_val=np.concatenate([y_v, np.ones(40, dtype=np.int64)]), relabel=False, **kw)
+    assert off.n_train_relabelled == 0 and off.n_train_dropped >= res.n_train_dropped

@@ -129,19 +129,22 @@ class Defuse:
     def find_regions(self, found: SearchResult, *, max_components: int = 20, min_size: int | None = None,
                      min_error_rate: float = 0.5, n_check: int = 200, n_examples: int = 32,
                      group_by: str = "pair", covariance_type: str = "diag", max_shown: int = 5,
-                     min_score_ratio: float = 0.1, support_k: int = 10, min_support: float = 0.5) -> RegionList:
+                     min_score_ratio: float = 0.1, support_k: int = 10, min_support: float = 0.5,
+                     min_real_failures: int = 5, real_alpha: float = 0.01) -> RegionList:
         """Group the found errors into ranked misclassification regions; see
         :func:`~failsight.defuse.regions.find_regions`. Each region has ``id``, ``size``, ``error_rate``,
         ``dominant_pair`` and ``sample(n)``; ``regions.fold`` of them are worth a label first
         (``regions.fold_reasons()`` says why the rest are below the fold); ``support`` checks each region against
-        the labelled seeds of the search (``min_support``, ``support_k``)."""
+        the labelled seeds of the search (``min_support``, ``support_k``); regions the seeds show failing on real
+        images lead and, when there are any, are the only ones above the fold (``min_real_failures``,
+        ``real_alpha``)."""
         gen = self._require_generator()
         names = self._names(found.images[:1] if isinstance(found, SearchResult) and found.n_found else None)
         return find_regions(found, gen, self.classifier, max_components=max_components, min_size=min_size,
                             min_error_rate=min_error_rate, n_check=n_check, n_examples=n_examples, seed=self.seed,
                             class_names=names, group_by=group_by, covariance_type=covariance_type,
                             max_shown=max_shown, min_score_ratio=min_score_ratio, support_k=support_k,
-                            min_support=min_support)
+                            min_support=min_support, min_real_failures=min_real_failures, real_alpha=real_alpha)
 
     def label(self, regions: Sequence[Region], labeler: Labeler | Any) -> dict[int, int | None]:
         """Ask ``labeler`` (``labeler(regions, class_names)``, e.g. a :class:`CallableLabeler`,

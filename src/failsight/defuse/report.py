@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from failsight.defuse.core import DefuseResult
 from failsight.defuse.labelers import grid_png_bytes
@@ -61,14 +62,21 @@ def defuse_section(result: DefuseResult, *, max_regions: int = 8, title: str = "
         lab = result.labels.get(rid)
         return "discard" if lab is None else names[lab]
 
+    def real_of(r: Any) -> str:
+        k, n = getattr(r, "real_failures", None), getattr(r, "real_seeds", None)
+        return "–" if k is None else f"{k} / {n}" + (" *" if getattr(r, "real_backed", False) else "")
+
     shown = result.regions[:max_regions]
     rows = [[f"{r.id}" + ("" if r.id not in result.below_fold else " (below fold)"), pair(r.dominant_pair), r.size, _pct(r.error_rate), _pct(r.purity), _pct(r.directionality),
-             fmt_num(r.score, 3), label_of(r.id)] for r in shown]
+             real_of(r), fmt_num(r.score, 3), label_of(r.id)] for r in shown]
     sec.heading("Misclassification regions")
-    sec.table(["region", "seed → predicted", "errors", "error rate", "purity", "one-sided", "score", "label"], rows,
+    sec.table(["region", "seed → predicted", "errors", "error rate", "purity", "one-sided", "real failures", "score",
+               "label"], rows,
               caption="error rate: share of samples drawn from the region the classifier gets wrong; purity: share of "
                       "its errors with the dominant pair; one-sided: share of the two classes' mutual confusion "
-                      "that goes this way (low = an ambiguous class boundary).")
+                      "that goes this way (low = an ambiguous class boundary); real failures: labelled seeds of the "
+                      "seed class inside the region that the classifier predicts this way, of all such seeds there "
+                      "(* = significantly more than its error rate elsewhere: the failure shows on real images).")
     figs = [Figure("data:image/png;base64," + base64.b64encode(grid_png_bytes(r)).decode("ascii"),
                    caption=f"region {r.id}: {pair(r.dominant_pair)}, {_pct(r.error_rate)} misclassified",
                    alt=f"grid of images sampled from region {r.id}") for r in shown]
@@ -79,9 +87,10 @@ def defuse_section(result: DefuseResult, *, max_regions: int = 8, title: str = "
     if result.below_fold:
         reasons = sorted(set(result.below_fold.values()), key=len)[:1]
         sec.note(f"The fold: regions {', '.join(str(r.id) for r in result.regions[:fold]) or 'none'} are worth a "
-                 f"label first; {len(result.below_fold)} more are below the fold (a region is below it when its score "
-                 f"is under a tenth of the top region's - little evidence, often a boundary two classes share - or "
-                 f"when it ranks beyond the first five; e.g. {reasons[0] if reasons else ''}).")
+                 f"label first; {len(result.below_fold)} more are below the fold (a region is below it when other "
+                 f"regions are seen failing on real images and it is not, when its score is under a tenth of the top "
+                 f"region's - little evidence, often a boundary two classes share - or when it ranks beyond the "
+                 f"first five; e.g. {reasons[0] if reasons else ''}).")
 
     if corr is not None:
         sec.heading("Correction: before and after")
@@ -89,7 +98,9 @@ def defuse_section(result: DefuseResult, *, max_regions: int = 8, title: str = "
                   [[r["what"], _pct(r["before"]), _pct(r["after"]), fmt_num(100 * r["change"], 3) + " pts"]
                    for r in corr.table()],
                   caption=f"fine-tuned copy, mixing weight λ = {corr.lam:g} picked on validation data "
-                          f"(tolerance {corr.tolerance:g}{'' if corr.tolerance_met else ', not met'})")
+                          f"(tolerance {corr.tolerance:g}{'' if corr.tolerance_met else ', not met'}); "
+                          f"{getattr(corr, 'n_train_relabelled', 0)} training images relabelled (their nearest "
+                          f"validation images carry a region's label), {corr.n_train_dropped} left out")
         sec.table(["region", "label", "held-out samples", "before", "after"],
                   [[o.region_id, o.label_name, o.n_holdout, _pct(o.accuracy_before), _pct(o.accuracy_after)]
                    for o in corr.regions])

@@ -78,7 +78,7 @@ class SearchResult(Result):
     probability of the predicted class). ``pairs`` lists ``(seed label, predicted label, count)`` by count.
     ``seed_latent`` ``(n, d)`` / ``seed_labels`` ``(n,)``: the codes and true labels of *all* given seeds (the
     labelled reference :func:`~failsight.defuse.regions.find_regions` checks regions against; ``None`` when
-    built elsewhere).
+    built elsewhere); ``seed_predicted`` ``(n,)``: the classifier's predictions on them (its real failures).
     """
 
     seed_index: np.ndarray = dataclasses.field(metadata={"exclude_json": True})
@@ -99,6 +99,7 @@ class SearchResult(Result):
     pairs: list[tuple[int, int, int]]
     seed_latent: np.ndarray | None = dataclasses.field(default=None, metadata={"exclude_json": True})
     seed_labels: np.ndarray | None = dataclasses.field(default=None, metadata={"exclude_json": True})
+    seed_predicted: np.ndarray | None = dataclasses.field(default=None, metadata={"exclude_json": True})
 
     @property
     def n_found(self) -> int:
@@ -268,4 +269,5 @@ def search_errors(
         pairs=_pair_counts(seed_label, predicted),
         seed_latent=z_all.astype(np.float32),
         seed_labels=y,
+        seed_predicted=np.asarray(pred, dtype=np.int64),
     )
