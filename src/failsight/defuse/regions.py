@@ -28,10 +28,10 @@ region whose 90% latent ellipsoid holds at least ``min_real_failures`` labelled 
 classifier predicts as the region's predicted class, at a share significantly above its error rate on all
 seeds, is a failure the person's own images show; when any region is, only those are above the fold, and the
 others (possible failures beyond the data, or generator drift across a class boundary) stay listed below it
-with the counts as the reason. Measured on the MNIST planted-bug tuning runs (4 runs, ``defuse_mnist.py``):
-the planted regions hold 115-140 such failures among 248-438 seeds, every other region 0-4; the oracle
-confirmed 6 of the 6 backed regions and 1 of the next 16 unbacked ones above the old fold, so the share of
-confirmed regions above the fold went from 0.55 to 1.0. Without any backed region (a bug beyond the data, a
+with the counts as the reason. Measured on the MNIST planted-bug tuning runs (6 runs, ``defuse_mnist.py``):
+the planted regions hold 45-139 such failures among 175-438 seeds, every other region 0-4; the oracle
+confirmed all 10 backed regions and 1 of the 12 unbacked ones that were above the old fold (support rule),
+so the share of confirmed regions above the fold went from 0.55 to 1.0. Without any backed region (a bug beyond the data, a
 clean model) the fold is the support rule's, as before.
 
 Defaults, and why:
