@@ -82,7 +82,7 @@ from failsight._validate import (
     check_labels,
 )
 from failsight.defuse.labelers import resolve_labels
-from failsight.defuse.regions import Region
+from failsight.defuse.regions import Region, mahalanobis2
 from failsight.defuse.search import check_classifier, classify
 from failsight.defuse.vae import _progress, check_images
 from failsight.types import Result
@@ -173,14 +173,6 @@ def _stratified_split(y: np.ndarray, frac: float, rng: np.random.Generator) -> t
     return np.setdiff1d(np.arange(len(y)), v), v
 
 
-def _gauss_loglik(z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Log density (up to the shared constant) and squared Mahalanobis distance of codes ``z`` ``(n, d)``."""
-    chol = np.linalg.cholesky(cov)
-    sol = np.linalg.solve(chol, (z - mean).T)
-    m2 = np.sum(sol**2, axis=0)
-    return -0.5 * m2 - np.sum(np.log(np.diag(chol))), m2
-
-
 def loss_within_tolerance(lost: int, n_right: int, tolerance: float,
                           alpha: float | None) -> tuple[bool, float | None]:
     """Is a collateral loss of ``lost`` of the ``n_right`` validation images the original model got right
@@ -209,7 +201,7 @@ def _conflicting(z: np.ndarray, y: np.ndarray, regions: list[Region], lab: dict[
     for r in regions:  # loop over labelled regions
         if lab[r.id] == r.predicted_label:
             continue
-        _, m2 = _gauss_loglik(z, r.mean, r.covariance)
+        m2 = mahalanobis2(z, r.mean, r.covariance)
         out |= (y == r.predicted_label) & (m2 <= limit)
     return out
 
@@ -233,7 +225,7 @@ def _relabel_by_neighbours(z: np.ndarray, y: np.ndarray, zv: np.ndarray, yv: np.
         a = lab[r.id]
         if a is None or a == r.predicted_label:
             continue
-        _, m2 = _gauss_loglik(z, r.mean, r.covariance)
+        m2 = mahalanobis2(z, r.mean, r.covariance)
         cand = np.flatnonzero((y == r.predicted_label) & (m2 <= limit) & (out < 0))
         if not len(cand):
             continue

@@ -481,6 +481,13 @@ def _support(ref: tuple[Any, np.ndarray, int], zq: np.ndarray, seed_class: int) 
     return float(np.mean(counts.argmax(1) == seed_class))
 
 
+def mahalanobis2(z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance ``(n,)`` of codes ``z`` ``(n, d)`` to a Gaussian ``mean`` ``(d,)``, ``cov``
+    ``(d, d)`` (a region's ellipsoid at quantile q is ``m2 <= chi2.ppf(q, d)``)."""
+    chol = np.linalg.cholesky(cov)
+    return np.sum(np.linalg.solve(chol, (np.asarray(z, dtype=np.float64) - mean).T) ** 2, axis=0)
+
+
 def _real_reference(found: SearchResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
     """Seed codes ``(n, d)``, labels, the classifier's predictions and its error rate on them, or ``None``."""
     z, y, p = (getattr(found, k, None) for k in ("seed_latent", "seed_labels", "seed_predicted"))
@@ -499,8 +506,7 @@ def _real_evidence(real: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None
     from scipy.stats import binom, chi2
 
     z, y, p, base = real
-    chol = np.linalg.cholesky(cov)
-    m2 = np.sum(np.linalg.solve(chol, (z - mean).T) ** 2, axis=0)
+    m2 = mahalanobis2(z, mean, cov)
     inside = (m2 <= chi2.ppf(0.9, z.shape[1])) & (y == pair[0])
     n, k = int(inside.sum()), int(np.sum(inside & (p == pair[1])))
     backed = k >= min_failures and float(binom.sf(k - 1, n, min(max(base, 1e-6), 1.0))) < alpha
